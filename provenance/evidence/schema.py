@@ -1,0 +1,97 @@
+"""Typed query results shared by the CLI, the app and the PDF reports (one definition, no copies)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+LABELS = ("verbatim", "paraphrase", "topic", "unrelated")
+
+SHARE_DEFINITION = (
+    "Value share = the document's value divided by the sum of the positive values for this output; "
+    "documents with negative values get no share and are listed as 'worked against this output'. "
+    "Cumulative share runs down the ranking."
+)
+VALUE_DEFINITION = (
+    "Value = In-Run Data Shapley: the decrease of the output's loss (nats per output token) that training "
+    "on the document caused, summed over all training steps. Positive = the document made this output "
+    "more likely."
+)
+
+
+@dataclass(frozen=True)
+class PassagePair:
+    """The best aligned passage of a training document against the output text."""
+
+    output_text: str
+    document_text: str
+    document_start_char: int
+    document_end_char: int
+    similarity: float
+
+
+@dataclass(frozen=True)
+class VerbatimSpan:
+    """A token span shared word for word by the output and a training document."""
+
+    text: str
+    n_tokens: int
+    output_start_char: int
+    output_end_char: int
+    document_start_char: int
+    document_end_char: int
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """Why a document may have shaped an output, with the scores behind its label."""
+
+    label: str  # one of LABELS
+    similarity: float  # best passage cosine similarity (embedding)
+    longest_span_tokens: int
+    span_coverage: float  # fraction of the output's tokens inside shared spans of >= the minimum length
+    best_passage: PassagePair | None = None
+    spans: tuple[VerbatimSpan, ...] = ()
+    aligned_sentences: tuple[PassagePair, ...] = ()
+
+
+@dataclass(frozen=True)
+class RankedDocument:
+    """One row of the table a reviewer reads."""
+
+    rank: int
+    doc_id: str
+    source: str
+    value: float | None  # None when the text is not an attributed target
+    value_share: float | None
+    cumulative_share: float | None
+    evidence: Evidence
+
+
+@dataclass(frozen=True)
+class LedgerSummary:
+    """How much of the target's measured loss decrease the values explain."""
+
+    initial_loss: float
+    final_loss: float
+    measured_decrease: float
+    attributed_total: float
+    history_total: float
+    explained_share: float | None  # attributed_total / measured_decrease (None if no decrease)
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    """The answer to: which training documents produced this output, and how much each contributed."""
+
+    run_id: str
+    text: str
+    target_id: str | None
+    attributed: bool
+    rows: tuple[RankedDocument, ...]
+    worked_against: tuple[RankedDocument, ...] = ()
+    ledger: LedgerSummary | None = None
+    value_order: int | None = None
+    attribute_command: str | None = None  # shown when the text is not yet an attributed target
+    notes: tuple[str, ...] = field(default_factory=tuple)
+    share_definition: str = SHARE_DEFINITION
+    value_definition: str = VALUE_DEFINITION
