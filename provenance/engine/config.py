@@ -1,0 +1,53 @@
+"""Engine settings, frozen so a run's settings cannot drift after they are recorded."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """How values are computed for each training step.
+
+    order: 1 = first-order Taylor (exact Shapley of the linearized utility); 2 = adds the pairwise
+        curvature term (one Hessian-vector product of each target's loss per step).
+    max_grad_norm: global-norm clipping exactly as torch.nn.utils.clip_grad_norm_ (None = no clipping).
+    loss_reduction: "token_mean" (sum of token losses over all rows of all micro-batches / their token
+        count) or "sample_mean" (mean over rows of each row's mean token loss).
+    per_token: also return values split over the training tokens of each row.
+    value_dtype: dtype of the value computation; None = float64 for float64 models, else float32.
+    memory_budget_mb: cap on transient per-player gradient blocks (the per-player route).
+    """
+
+    order: Literal[1, 2] = 1
+    max_grad_norm: float | None = 1.0
+    loss_reduction: Literal["token_mean", "sample_mean"] = "token_mean"
+    per_token: bool = False
+    value_dtype: torch.dtype | None = None
+    memory_budget_mb: float = 256.0
+
+    def __post_init__(self) -> None:
+        if self.order not in (1, 2):
+            raise ValueError(f"EngineConfig.order must be 1 or 2, got {self.order!r}")
+        if self.loss_reduction not in ("token_mean", "sample_mean"):
+            raise ValueError(
+                f"EngineConfig.loss_reduction must be 'token_mean' or 'sample_mean', got {self.loss_reduction!r}"
+            )
+        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
+            raise ValueError(f"EngineConfig.max_grad_norm must be > 0 or None, got {self.max_grad_norm!r}")
+        if self.memory_budget_mb <= 0:
+            raise ValueError("EngineConfig.memory_budget_mb must be > 0")
+
+    def to_json(self) -> dict:
+        """Plain-JSON form for run manifests."""
+        return {
+            "order": self.order,
+            "max_grad_norm": self.max_grad_norm,
+            "loss_reduction": self.loss_reduction,
+            "per_token": self.per_token,
+            "value_dtype": None if self.value_dtype is None else str(self.value_dtype).removeprefix("torch."),
+            "memory_budget_mb": self.memory_budget_mb,
+        }

@@ -1,0 +1,340 @@
+"""The attribution engine: one call per optimizer step returns every player's value for every target.
+
+Per step:
+1. targets pass (eval mode, RNG untouched): each target's loss and, per tracked module, the factors of
+   its gradient (so target gradients are formed one parameter at a time, never all at once);
+2. training passes over the micro-batches, with the loss scaled exactly as the real update uses it;
+3. global-norm clipping, then the optimizer's step linearized as dw = h + sum_i d_i;
+4. second order only: one Hessian-vector product per target with u = h + D/2;
+5. contraction, parameter by parameter: value_i,k = g_i . z_k with z_k = k*coef*(g_v,k [+ H_v,k u]);
+6. the real optimizer step, unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from ..errors import BatchError, NonFiniteLossError
+from . import rules  # noqa: F401  (registers the layer rules)
+from .capture import Capturer, CaptureStore, Record
+from .config import EngineConfig
+from .optimizers import Linearization, check_optimizer, linearize
+from .registry import LayerRule, tracked_modules
+from .task import CausalLMTask, Task
+
+
+@dataclass
+class StepResult:
+    """Everything one step yields. Values: positive = the row lowered the target's loss."""
+
+    loss: float
+    n_tokens: int
+    values_first: torch.Tensor  # (rows, K)
+    values_second: torch.Tensor | None  # (rows, K) when order=2
+    per_token: torch.Tensor | None  # (rows, tokens, K) when per_token=True (of the recorded order)
+    target_loss: torch.Tensor  # (K,) before the step
+    lr: float
+    grad_norm: float
+    clip_factor: float
+    history_term: torch.Tensor  # (K,) = -h . g_v, first order
+    routes: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def values(self) -> torch.Tensor:
+        return self.values_second if self.values_second is not None else self.values_first
+
+
+@dataclass
+class _Use:
+    module_name: str
+    module: nn.Module
+    rule: LayerRule
+    pname: str
+
+
+class AttributionEngine:
+    """Attach to a model and its optimizer; `step(micro_batches)` trains one step and values it.
+
+    Use as a context manager (or call `close()`) so the hooks are always removed.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        config: EngineConfig | None = None,
+        task: Task | None = None,
+    ):
+        self.model = model
+        self.optimizer = optimizer
+        self.config = config or EngineConfig()
+        self.task: Task = task or CausalLMTask()
+        check_optimizer(optimizer)
+        self._tracked = tracked_modules(model)
+        self._capturer = Capturer(self._tracked)
+        self._capturer.attach()
+        self._targets: Any = None
+        self._num_targets = 0
+        self._uses = self._parameter_uses()
+        self._groups = {id(p): group for group in optimizer.param_groups for p in group["params"]}
+        self.routes: dict[str, str] = {}
+
+    # -- setup -------------------------------------------------------------------------------------
+    def _parameter_uses(self) -> list[tuple[nn.Parameter, list[_Use]]]:
+        """Each trainable parameter with every module that uses it (tied weights have several)."""
+        order: list[nn.Parameter] = []
+        uses: dict[int, list[_Use]] = {}
+        for name, module, rule in self._tracked:
+            for pname, p in module.named_parameters(recurse=False):
+                if not p.requires_grad or pname not in rule.param_names:
+                    continue
+                if id(p) not in uses:
+                    order.append(p)
+                    uses[id(p)] = []
+                uses[id(p)].append(_Use(name, module, rule, pname))
+        return [(p, uses[id(p)]) for p in order]
+
+    def _value_dtype(self) -> torch.dtype:
+        if self.config.value_dtype is not None:
+            return self.config.value_dtype
+        dtypes = {p.dtype for p, _ in self._uses}
+        return torch.float64 if torch.float64 in dtypes else torch.float32
+
+    def set_targets(self, targets: Any) -> None:
+        """Register the K targets whose loss decrease is attributed (None or K=0: plain training)."""
+        if targets is None:
+            self._targets, self._num_targets = None, 0
+            return
+        k = self.task.num_targets(targets)
+        if k > 0:
+            self.task.check_targets(self.model, targets)
+        self._targets, self._num_targets = targets, k
+
+    @property
+    def num_targets(self) -> int:
+        return self._num_targets
+
+    def close(self) -> None:
+        self._capturer.detach()
+
+    def __enter__(self) -> "AttributionEngine":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- the step ----------------------------------------------------------------------------------
+    def step(self, micro_batches: Sequence[Any] | Any) -> StepResult:
+        """Train one optimizer step over `micro_batches` and return every row's value per target."""
+        if not isinstance(micro_batches, (list, tuple)) or (
+            isinstance(micro_batches, tuple) and micro_batches and isinstance(micro_batches[0], torch.Tensor)
+        ):
+            micro_batches = [micro_batches]
+        if len(micro_batches) == 0:
+            raise BatchError("step() got no micro-batches; pass at least one batch with at least one row")
+        sizes = [self.task.batch_size(mb) for mb in micro_batches]
+        if any(size == 0 for size in sizes):
+            raise BatchError(f"empty micro-batch (rows per micro-batch: {sizes}); every micro-batch needs rows")
+        weights = [self.task.row_weights(mb) for mb in micro_batches]
+        total_weight = int(sum(int(w.sum()) for w in weights))
+        total_rows = sum(sizes)
+        if total_weight == 0:
+            raise BatchError("the batch has no tokens carrying loss (all labels are -100)")
+        if self.config.loss_reduction == "sample_mean" and any(bool((w == 0).any()) for w in weights):
+            raise BatchError("sample_mean loss: a row has no tokens carrying loss; drop empty rows")
+
+        value_dtype = self._value_dtype()
+        k = self._num_targets
+        target_store = CaptureStore()
+        target_loss = torch.zeros(k, dtype=value_dtype)
+        if k:
+            target_loss = self._target_pass(target_store).to(value_dtype)
+
+        # Training passes: the loss is scaled here exactly as the real update uses it.
+        self.optimizer.zero_grad(set_to_none=True)
+        train_store = CaptureStore()
+        step_loss = 0.0
+        for index, (mb, rows, w) in enumerate(zip(micro_batches, sizes, weights)):
+            capture = self._capturer.capture(train_store, index, rows) if k else _null_capture()
+            with capture:
+                sums, _ = self.task.loss_terms(self.model, mb)
+                if self.config.loss_reduction == "token_mean":
+                    loss = sums.sum() / total_weight
+                else:
+                    loss = (sums / w.to(sums.dtype)).sum() / total_rows
+                if not torch.isfinite(loss):
+                    self.optimizer.zero_grad(set_to_none=True)
+                    raise NonFiniteLossError(
+                        f"training loss is {loss.item()} at micro-batch {index}; nothing was applied. Lower the "
+                        "learning rate or check the data and the weights for NaN/Inf"
+                    )
+                loss.backward()
+            step_loss += float(loss.detach())
+
+        params = [p for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
+        grad_norm, clip = self._clip(params)
+
+        lin = self._linearize()
+        values_first, values_second, per_token, history = self._values(
+            train_store, target_store, lin, clip, sizes, value_dtype
+        )
+        lr = next(iter(lin.values())).lr if lin else float(self.optimizer.param_groups[0]["lr"])
+
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return StepResult(
+            loss=step_loss,
+            n_tokens=total_weight,
+            values_first=values_first,
+            values_second=values_second,
+            per_token=per_token,
+            target_loss=target_loss.detach(),
+            lr=lr,
+            grad_norm=grad_norm,
+            clip_factor=clip,
+            history_term=history,
+            routes=dict(self.routes),
+        )
+
+    def _clip(self, params: list[torch.Tensor]) -> tuple[float, float]:
+        """Global-norm clipping with torch's own function and formula; returns (norm, factor k)."""
+        max_norm = self.config.max_grad_norm
+        if max_norm is None:
+            norm = torch.nn.utils.get_total_norm([p.grad for p in params]) if params else torch.tensor(0.0)
+            clip = 1.0
+        else:
+            norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+            clip = min(1.0, float(max_norm / (norm + 1e-6)))
+        if not math.isfinite(float(norm)):
+            self.optimizer.zero_grad(set_to_none=True)
+            raise NonFiniteLossError(f"gradient norm is {float(norm)}; nothing was applied")
+        return float(norm), clip
+
+    def _target_pass(self, store: CaptureStore) -> torch.Tensor:
+        """Targets' losses and gradient factors at the current weights, in eval mode, RNG untouched."""
+        was_training = self.model.training
+        params = [p for p, _ in self._uses]
+        with torch.random.fork_rng(devices=[]):
+            self.model.eval()
+            try:
+                with self._capturer.capture(store, 0, self._num_targets):
+                    losses = self.task.target_losses(self.model, self._targets)
+                    if not torch.isfinite(losses).all():
+                        raise NonFiniteLossError(f"target losses are not finite: {losses.tolist()}")
+                    torch.autograd.grad(losses.sum(), params, allow_unused=True)
+            finally:
+                self.model.train(was_training)
+        return losses.detach()
+
+    def _linearize(self) -> dict[int, Linearization]:
+        out: dict[int, Linearization] = {}
+        for p, _ in self._uses:
+            group = self._groups.get(id(p))
+            if group is None or p.grad is None:
+                continue
+            out[id(p)] = linearize(self.optimizer, p, group, p.grad.detach())
+        return out
+
+    def _hvps(self, lin: dict[int, Linearization]) -> dict[int, torch.Tensor]:
+        """H_v,k u for each target k and parameter, u = h + D/2 with D = -coef * (clipped g_B)."""
+        params = [p for p, _ in self._uses]
+        u = []
+        for p in params:
+            if id(p) in lin:
+                entry = lin[id(p)]
+                u.append((entry.history - 0.5 * entry.coef * p.grad.detach()).to(p.dtype))
+            else:
+                u.append(torch.zeros_like(p))
+        out = {id(p): [] for p in params}
+        was_training = self.model.training
+        with torch.random.fork_rng(devices=[]):
+            self.model.eval()
+            try:
+                for j in range(self._num_targets):
+                    single = self.task.select_targets(self._targets, [j])
+                    loss = self.task.target_losses(self.model, single)[0]
+                    grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
+                    inner = sum((g * v).sum() for g, v in zip(grads, u) if g is not None)
+                    hv = torch.autograd.grad(inner, params, allow_unused=True)
+                    for p, h in zip(params, hv):
+                        out[id(p)].append(torch.zeros_like(p) if h is None else h.detach())
+            finally:
+                self.model.train(was_training)
+        return {key: torch.stack(value) for key, value in out.items()}
+
+    def _values(self, train_store, target_store, lin, clip, sizes, dtype):
+        k = self._num_targets
+        rows_total = sum(sizes)
+        order2 = self.config.order == 2
+        if k == 0:
+            empty = torch.zeros(rows_total, 0, dtype=dtype)
+            return empty, (empty if order2 else None), None, torch.zeros(0, dtype=dtype)
+        offsets = [0]
+        for size in sizes:
+            offsets.append(offsets[-1] + size)
+        hvps = self._hvps(lin) if order2 else {}
+        ncols = 2 * k if order2 else k
+        out = torch.zeros(rows_total, ncols, dtype=dtype)
+        per_token = None
+        history = torch.zeros(k, dtype=dtype)
+        train_records = train_store.by_module()
+        target_records = target_store.by_module()
+        budget = int(self.config.memory_budget_mb * 2**20 / torch.finfo(dtype).bits * 8)
+        self.routes = {}
+        for p, uses in self._uses:
+            entry = lin.get(id(p))
+            if entry is None:
+                continue  # not updated by the optimizer: no player moves it
+            g_v = None
+            for use in uses:
+                for record in target_records.get(use.module_name, []):
+                    part = use.rule.grads(use.module, use.pname, record.saved, record.grad, dtype)
+                    g_v = part if g_v is None else g_v + part
+            if g_v is None:
+                g_v = torch.zeros(k, *p.shape, dtype=dtype)
+            coef = entry.coef.to(dtype) if isinstance(entry.coef, torch.Tensor) else entry.coef
+            history += -(g_v * entry.history.to(dtype)).reshape(k, -1).sum(dim=1)
+            directions = [clip * coef * g_v]
+            if order2:
+                directions.append(clip * coef * hvps[id(p)].to(dtype))
+            z = torch.cat(directions) if order2 else directions[0]
+            del g_v, directions
+            for use in uses:
+                for record in train_records.get(use.module_name, []):
+                    contrib, route = use.rule.dot(
+                        use.module, use.pname, record.saved, record.grad, z, self.config.per_token, budget
+                    )
+                    self.routes[f"{use.module_name}.{use.pname}"] = route
+                    start, stop = offsets[record.micro_batch], offsets[record.micro_batch + 1]
+                    if self.config.per_token:
+                        if per_token is None or per_token.shape[1] < contrib.shape[1]:
+                            per_token = _grow(per_token, rows_total, contrib.shape[1], ncols, dtype)
+                        per_token[start:stop, : contrib.shape[1]] += contrib
+                        out[start:stop] += contrib.sum(dim=1)
+                    else:
+                        out[start:stop] += contrib
+        values_first = out[:, :k]
+        values_second = out[:, :k] + out[:, k:] if order2 else None
+        if per_token is not None:
+            per_token = per_token[:, :, :k] + per_token[:, :, k:] if order2 else per_token
+        return values_first, values_second, per_token, history
+
+
+def _grow(current, rows, tokens, cols, dtype):
+    grown = torch.zeros(rows, tokens, cols, dtype=dtype)
+    if current is not None:
+        grown[:, : current.shape[1]] = current
+    return grown
+
+
+class _null_capture:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False

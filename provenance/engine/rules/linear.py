@@ -1,0 +1,127 @@
+"""nn.Linear, transformers' GPT-2 Conv1D (y = x W + b, weight stored (in, out)) and nn.Conv2d via unfold.
+
+All three are matmuls y_n = W a_n over positions n of a row, so the per-row weight gradient is
+G_r = sum_n b_rn a_rn^T. Two exact routes contract it with K target directions z:
+- "target": sum_n b_rn^T z_k a_rn per k (cost K*R*N*din*dout); per-token values come for free;
+- "player": form G_r in blocks of rows (R*N*din*dout) then G_r . z_k (R*K*din*dout): cost barely grows
+  with K, so it wins for many targets.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ...errors import UnsupportedLayerError
+from ..registry import LayerRule, register
+
+try:  # transformers is a dependency, but keep the engine importable without it
+    from transformers.pytorch_utils import Conv1D
+except Exception:  # pragma: no cover
+    Conv1D = None
+
+
+class MatmulRule(LayerRule):
+    """Shared maths; subclasses say how to get (a, b) as (rows, N, din) / (rows, N, dout)."""
+
+    transposed = False  # weight stored as (din, dout)
+
+    def capture(self, module, args, output):
+        return args[0].detach()
+
+    def rows(self, saved) -> int:
+        return int(saved.shape[0])
+
+    def factors(self, module, saved, grad) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = saved.shape[0]
+        a = saved.reshape(rows, -1, saved.shape[-1])
+        b = grad.reshape(rows, -1, grad.shape[-1])
+        return a, b
+
+    def _weight_view(self, module, z: torch.Tensor) -> torch.Tensor:
+        """z (K, *weight.shape) as (K, dout, din)."""
+        return z.transpose(1, 2) if self.transposed else z.reshape(z.shape[0], module.weight.shape[0], -1)
+
+    def grads(self, module, pname, saved, grad, dtype):
+        a, b = self.factors(module, saved, grad)
+        a, b = a.to(dtype), b.to(dtype)
+        if pname == "bias":
+            return b.sum(dim=1)
+        per_row = torch.bmm(b.transpose(1, 2), a)  # (rows, dout, din)
+        if self.transposed:
+            return per_row.transpose(1, 2).contiguous()
+        return per_row.reshape(per_row.shape[0], *module.weight.shape)
+
+    def dot(self, module, pname, saved, grad, z, per_token, budget_elems):
+        a, b = self.factors(module, saved, grad)
+        dtype = z.dtype
+        a, b = a.to(dtype), b.to(dtype)
+        if pname == "bias":
+            if per_token:
+                return torch.einsum("rno,ko->rnk", b, z), "bias"
+            return b.sum(dim=1) @ z.T, "bias"
+        zw = self._weight_view(module, z)  # (K, dout, din)
+        rows, n, din = a.shape
+        dout = b.shape[2]
+        k = zw.shape[0]
+        target_cost = k * rows * n * din * dout
+        player_cost = rows * n * din * dout + rows * k * din * dout
+        if per_token or target_cost <= player_cost:
+            out = a.new_zeros(rows, n, k) if per_token else a.new_zeros(rows, k)
+            for j in range(k):
+                projected = torch.matmul(a, zw[j].T)  # (rows, n, dout)
+                contrib = (projected * b).sum(dim=2)
+                if per_token:
+                    out[:, :, j] = contrib
+                else:
+                    out[:, j] = contrib.sum(dim=1)
+            return out, "target"
+        block = max(1, budget_elems // max(1, din * dout))
+        out = a.new_zeros(rows, k)
+        flat_z = zw.reshape(k, -1)
+        for start in range(0, rows, block):
+            stop = min(rows, start + block)
+            per_row = torch.bmm(b[start:stop].transpose(1, 2), a[start:stop])  # (block, dout, din)
+            out[start:stop] = per_row.reshape(stop - start, -1) @ flat_z.T
+        return out, "player"
+
+
+@register(nn.Linear)
+class LinearRule(MatmulRule):
+    pass
+
+
+if Conv1D is not None:
+
+    @register(Conv1D)
+    class GPT2Conv1DRule(MatmulRule):
+        transposed = True
+
+
+@register(nn.Conv2d)
+class Conv2dRule(MatmulRule):
+    """Conv2d as a matmul over unfolded patches: positions n are the output pixels."""
+
+    def check(self, module, name):
+        if module.groups != 1:
+            raise UnsupportedLayerError(f"Conv2d '{name}' has groups={module.groups}; only groups=1 is supported")
+        if module.padding_mode != "zeros":
+            raise UnsupportedLayerError(
+                f"Conv2d '{name}' uses padding_mode={module.padding_mode!r}; only 'zeros' is supported"
+            )
+        if isinstance(module.padding, str) and module.padding != "valid":
+            raise UnsupportedLayerError(
+                f"Conv2d '{name}' uses padding={module.padding!r}; give explicit integer padding instead"
+            )
+
+    def capture(self, module, args, output):
+        x = args[0].detach()
+        padding = 0 if isinstance(module.padding, str) else module.padding
+        patches = F.unfold(x, module.kernel_size, dilation=module.dilation, padding=padding, stride=module.stride)
+        return patches.transpose(1, 2)  # (rows, positions, cin*kh*kw)
+
+    def factors(self, module, saved, grad):
+        rows = grad.shape[0]
+        b = grad.reshape(rows, grad.shape[1], -1).transpose(1, 2)  # (rows, positions, cout)
+        return saved, b
