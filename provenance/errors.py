@@ -43,3 +43,7 @@ class VerificationError(ProvenanceError):
 
 class EvidenceIndexError(ProvenanceError):
     """The evidence index is missing or stale (its corpus hash no longer matches)."""
+
+
+class TokenizerError(ProvenanceError):
+    """A tokenizer file is missing, unreadable or lacks the <|endoftext|> token."""

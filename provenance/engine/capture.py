@@ -1,14 +1,16 @@
-"""Forward/backward hooks that keep each tracked module's input-side factor and output gradient.
+"""Forward/backward hooks on the tracked modules.
 
-Hooks are attached inside a context manager that always detaches them, and they do nothing unless a
-capture is switched on, so the model trains normally between steps (Opacus issue #176: leaking hooks).
+The forward hook keeps what the module's rule needs (its input, a normalized input, token ids) and puts a
+hook on the output tensor; when backward reaches that output, the gradient is handed to the engine with
+the saved input. Hooks are attached for the engine's lifetime but do nothing unless a capture is switched
+on, and `detach()` always removes them (Opacus issue #176: leaking hooks).
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
@@ -22,6 +24,8 @@ class Record:
     """One call of one module in one pass: what its rule saved, and dL/d(output) once backward ran."""
 
     module_name: str
+    module: nn.Module
+    rule: LayerRule
     micro_batch: int
     saved: Any
     grad: torch.Tensor | None = None
@@ -29,6 +33,10 @@ class Record:
 
 @dataclass
 class CaptureStore:
+    """Records of one pass. With `keep=False` a record is dropped as soon as the engine has used it."""
+
+    keep: bool = True
+    on_grad: Callable[[Record], None] | None = None
     records: list[Record] = field(default_factory=list)
 
     def by_module(self) -> dict[str, list[Record]]:
@@ -61,12 +69,15 @@ class Capturer:
         self._handles.clear()
 
     def _make_hook(self, name: str, rule: LayerRule):
-        def hook(module: nn.Module, args: tuple, output: Any) -> None:
+        def hook(module: nn.Module, args: tuple, output: Any) -> Any:
             store = self._store
-            if store is None or not torch.is_grad_enabled():
-                return
-            if not isinstance(output, torch.Tensor) or not output.requires_grad:
-                return
+            if store is None or not torch.is_grad_enabled() or not isinstance(output, torch.Tensor):
+                return None
+            replaced = None
+            if not output.requires_grad:
+                # The engine owns this module's weight gradient (requires_grad is off during the pass) and
+                # its input needs none: make the output a leaf that requires grad, so backward reaches it.
+                replaced = output = output.detach().requires_grad_(True)
             saved = rule.capture(module, args, output)
             if rule.rows(saved) != self._rows or output.shape[0] != self._rows:
                 raise UnsupportedLayerError(
@@ -75,13 +86,19 @@ class Capturer:
                     "broadcast over the batch), so per-row gradients cannot be separated. Pass per-row inputs "
                     "(e.g. explicit position_ids of shape (rows, tokens))."
                 )
-            record = Record(name, self._micro_batch, saved)
-            store.records.append(record)
+            record = Record(name, module, rule, self._micro_batch, saved)
+            if store.keep:
+                store.records.append(record)
 
             def keep_grad(grad: torch.Tensor) -> None:
-                record.grad = grad.detach() if record.grad is None else record.grad + grad.detach()
+                record.grad = grad.detach()
+                if store.on_grad is not None:
+                    store.on_grad(record)
+                if not store.keep:
+                    record.saved = record.grad = None
 
             output.register_hook(keep_grad)
+            return replaced
 
         return hook
 

@@ -20,6 +20,12 @@ class EngineConfig:
     per_token: also return values split over the training tokens of each row.
     value_dtype: dtype of the value computation; None = float64 for float64 models, else float32.
     memory_budget_mb: cap on transient per-player gradient blocks (the per-player route).
+    adam_denominator: which Adam second moment defines the fixed-state linearization.
+        "previous" (default; DESIGN.md and the Adam follow-up paper): A_t = sqrt(v_{t-1}/(1-beta2^(t-1))) + eps,
+            known before the step, so first-order values are formed inside backward at almost no cost.
+            At an optimizer's very first step there is no v_{t-1}; that step uses "current".
+        "current": the denominator the optimizer actually applies in this step (v_t includes this batch);
+            then h + sum_i d_i is exactly the real update, at the cost of a second contraction pass.
     """
 
     order: Literal[1, 2] = 1
@@ -28,6 +34,7 @@ class EngineConfig:
     per_token: bool = False
     value_dtype: torch.dtype | None = None
     memory_budget_mb: float = 256.0
+    adam_denominator: Literal["previous", "current"] = "previous"
 
     def __post_init__(self) -> None:
         if self.order not in (1, 2):
@@ -38,6 +45,10 @@ class EngineConfig:
             )
         if self.max_grad_norm is not None and not self.max_grad_norm > 0:
             raise ValueError(f"EngineConfig.max_grad_norm must be > 0 or None, got {self.max_grad_norm!r}")
+        if self.adam_denominator not in ("previous", "current"):
+            raise ValueError(
+                f"EngineConfig.adam_denominator must be 'previous' or 'current', got {self.adam_denominator!r}"
+            )
         if self.memory_budget_mb <= 0:
             raise ValueError("EngineConfig.memory_budget_mb must be > 0")
 
@@ -50,4 +61,5 @@ class EngineConfig:
             "per_token": self.per_token,
             "value_dtype": None if self.value_dtype is None else str(self.value_dtype).removeprefix("torch."),
             "memory_budget_mb": self.memory_budget_mb,
+            "adam_denominator": self.adam_denominator,
         }

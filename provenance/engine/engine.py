@@ -1,13 +1,20 @@
 """The attribution engine: one call per optimizer step returns every player's value for every target.
 
 Per step:
-1. targets pass (eval mode, RNG untouched): each target's loss and, per tracked module, the factors of
-   its gradient (so target gradients are formed one parameter at a time, never all at once);
-2. training passes over the micro-batches, with the loss scaled exactly as the real update uses it;
-3. global-norm clipping, then the optimizer's step linearized as dw = h + sum_i d_i;
-4. second order only: one Hessian-vector product per target with u = h + D/2;
-5. contraction, parameter by parameter: value_i,k = g_i . z_k with z_k = k*coef*(g_v,k [+ H_v,k u]);
-6. the real optimizer step, unchanged.
+1. targets pass (eval mode, RNG untouched): each target's loss and, per tracked module, the factors of its
+   gradient, so a target gradient is formed one parameter at a time and never all at once;
+2. training passes over the micro-batches with the loss scaled exactly as the real update uses it. The
+   engine forms the batch gradient of matmul weights and embeddings itself, from per-row blocks (the same
+   multiply-adds autograd would spend), so per-row gradients are on hand without extra matmuls;
+3. global-norm clipping (torch's own), then the optimizer's step linearized as dw = h + sum_i d_i;
+4. values: value_i,k = g_i . z_k with z_k = k * coef * (g_v,k [+ H_v,k u]), u = h + D/2.
+   - "backward" route: when z is known before backward (first order, SGD or Adam with the "previous"
+     denominator), the dots are taken inside backward, right where the per-row blocks exist; nothing is
+     stored and the clip factor k, a scalar, is applied at the end;
+   - "after" route otherwise (second order, Adam "current", per-token maps): inputs and output gradients
+     are kept and contracted after backward, parameter by parameter;
+5. the real optimizer step, unchanged. Training is bitwise the same whatever the targets or the route,
+   because the gradient is always formed the same way: replays can be compared exactly.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ from ..errors import BatchError, NonFiniteLossError
 from . import rules  # noqa: F401  (registers the layer rules)
 from .capture import Capturer, CaptureStore, Record
 from .config import EngineConfig
-from .optimizers import Linearization, check_optimizer, linearize
+from .optimizers import Linearization, check_optimizer, linearize, needs_gradient
 from .registry import LayerRule, tracked_modules
 from .task import CausalLMTask, Task
 
@@ -42,6 +49,7 @@ class StepResult:
     grad_norm: float
     clip_factor: float
     history_term: torch.Tensor  # (K,) = -h . g_v, first order
+    route: str = ""
     routes: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -55,6 +63,20 @@ class _Use:
     module: nn.Module
     rule: LayerRule
     pname: str
+
+
+@dataclass
+class _StepState:
+    """What the backward hooks need during one step."""
+
+    value_dtype: torch.dtype
+    budget: int
+    offsets: list[int]
+    values: torch.Tensor | None = None  # (rows, K), filled by the backward route
+    history: torch.Tensor | None = None
+    pre: dict[int, Linearization] | None = None  # linearization known before backward
+    target_records: dict[str, list[Record]] = field(default_factory=dict)
+    history_done: set[int] = field(default_factory=set)
 
 
 class AttributionEngine:
@@ -81,7 +103,16 @@ class AttributionEngine:
         self._targets: Any = None
         self._num_targets = 0
         self._uses = self._parameter_uses()
+        self._uses_of = {id(p): uses for p, uses in self._uses}
+        self._uses_by_module: dict[str, list[tuple[nn.Parameter, _Use]]] = {}
+        for p, uses in self._uses:
+            for use in uses:
+                self._uses_by_module.setdefault(use.module_name, []).append((p, use))
+        # Parameters whose batch gradient the engine forms itself (every use must be able to).
+        self._owned = [p for p, uses in self._uses if all(u.rule.owns_grad(u.pname) for u in uses)]
+        self._owned_ids = {id(p) for p in self._owned}
         self._groups = {id(p): group for group in optimizer.param_groups for p in group["params"]}
+        self._state: _StepState | None = None
         self.routes: dict[str, str] = {}
 
     # -- setup -------------------------------------------------------------------------------------
@@ -148,41 +179,69 @@ class AttributionEngine:
         if self.config.loss_reduction == "sample_mean" and any(bool((w == 0).any()) for w in weights):
             raise BatchError("sample_mean loss: a row has no tokens carrying loss; drop empty rows")
 
-        value_dtype = self._value_dtype()
+        dtype = self._value_dtype()
         k = self._num_targets
-        target_store = CaptureStore()
-        target_loss = torch.zeros(k, dtype=value_dtype)
+        offsets = [0]
+        for size in sizes:
+            offsets.append(offsets[-1] + size)
+        state = _StepState(dtype, int(self.config.memory_budget_mb * 2**20 * 8 / torch.finfo(dtype).bits), offsets)
+        target_loss = torch.zeros(k, dtype=dtype)
         if k:
-            target_loss = self._target_pass(target_store).to(value_dtype)
+            target_store = CaptureStore(keep=True)
+            target_loss = self._target_pass(target_store).to(dtype)
+            state.target_records = target_store.by_module()
+        backward_route = (
+            k > 0
+            and self.config.order == 1
+            and not self.config.per_token
+            and not needs_gradient(self.optimizer, self.config.adam_denominator)
+        )
+        if backward_route:
+            state.pre = self._linearize(clipped=False)
+            state.values = torch.zeros(total_rows, k, dtype=dtype)
+            state.history = torch.zeros(k, dtype=dtype)
+        self._state = state
+        self.routes = {}
 
         # Training passes: the loss is scaled here exactly as the real update uses it.
         self.optimizer.zero_grad(set_to_none=True)
-        train_store = CaptureStore()
+        train_store = CaptureStore(keep=k > 0 and not backward_route, on_grad=self._on_train_grad)
         step_loss = 0.0
-        for index, (mb, rows, w) in enumerate(zip(micro_batches, sizes, weights)):
-            capture = self._capturer.capture(train_store, index, rows) if k else _null_capture()
-            with capture:
-                sums, _ = self.task.loss_terms(self.model, mb)
-                if self.config.loss_reduction == "token_mean":
-                    loss = sums.sum() / total_weight
-                else:
-                    loss = (sums / w.to(sums.dtype)).sum() / total_rows
-                if not torch.isfinite(loss):
-                    self.optimizer.zero_grad(set_to_none=True)
-                    raise NonFiniteLossError(
-                        f"training loss is {loss.item()} at micro-batch {index}; nothing was applied. Lower the "
-                        "learning rate or check the data and the weights for NaN/Inf"
-                    )
-                loss.backward()
-            step_loss += float(loss.detach())
+        for p in self._owned:
+            p.requires_grad_(False)
+        try:
+            for index, (mb, rows, w) in enumerate(zip(micro_batches, sizes, weights)):
+                with self._capturer.capture(train_store, index, rows):
+                    sums, _ = self.task.loss_terms(self.model, mb)
+                    if self.config.loss_reduction == "token_mean":
+                        loss = sums.sum() / total_weight
+                    else:
+                        loss = (sums / w.to(sums.dtype)).sum() / total_rows
+                    if not torch.isfinite(loss):
+                        raise NonFiniteLossError(
+                            f"training loss is {loss.item()} at micro-batch {index}; nothing was applied. Lower "
+                            "the learning rate or check the data and the weights for NaN/Inf"
+                        )
+                    loss.backward()
+                step_loss += float(loss.detach())
+        except BaseException:
+            self.optimizer.zero_grad(set_to_none=True)
+            raise
+        finally:
+            for p in self._owned:
+                p.requires_grad_(True)
+            self._state = None
 
         params = [p for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
         grad_norm, clip = self._clip(params)
 
-        lin = self._linearize()
-        values_first, values_second, per_token, history = self._values(
-            train_store, target_store, lin, clip, sizes, value_dtype
-        )
+        if backward_route:
+            values_first, values_second, per_token = state.values * clip, None, None
+            history = state.history
+            lin = state.pre
+        else:
+            lin = self._linearize(clipped=True)
+            values_first, values_second, per_token, history = self._values_after(train_store, state, lin, clip, k)
         lr = next(iter(lin.values())).lr if lin else float(self.optimizer.param_groups[0]["lr"])
 
         self.optimizer.step()
@@ -198,9 +257,53 @@ class AttributionEngine:
             grad_norm=grad_norm,
             clip_factor=clip,
             history_term=history,
+            route="backward" if backward_route else ("after" if k else "none"),
             routes=dict(self.routes),
         )
 
+    # -- backward hooks ----------------------------------------------------------------------------
+    def _on_train_grad(self, record: Record) -> None:
+        """Called inside backward when a tracked module's output gradient is ready."""
+        state = self._state
+        if state is None:
+            return
+        start, stop = state.offsets[record.micro_batch], state.offsets[record.micro_batch + 1]
+        for p, use in self._uses_by_module.get(record.module_name, []):
+            z = None
+            if state.pre is not None and id(p) in state.pre:
+                z = self._direction(p, state)
+            if id(p) in self._owned_ids:
+                total, contrib = use.rule.grad_and_dot(use.module, use.pname, record.saved, record.grad, z, state.budget)
+                p.grad = total if p.grad is None else p.grad + total
+                route = "backward"
+            elif z is not None:
+                contrib, route = use.rule.dot(use.module, use.pname, record.saved, record.grad, z, False, state.budget)
+            else:
+                continue
+            if contrib is not None:
+                state.values[start:stop] += contrib
+                self.routes[f"{use.module_name}.{use.pname}"] = route
+
+    def _target_gradient(self, p: nn.Parameter, records: dict[str, list[Record]], dtype) -> torch.Tensor:
+        """Each target's gradient for one parameter, summed over the parameter's uses: (K, *shape)."""
+        g_v = None
+        for use in self._uses_of[id(p)]:
+            for record in records.get(use.module_name, []):
+                part = use.rule.grads(use.module, use.pname, record.saved, record.grad, dtype)
+                g_v = part if g_v is None else g_v + part
+        return torch.zeros(self._num_targets, *p.shape, dtype=dtype) if g_v is None else g_v
+
+    def _direction(self, p: nn.Parameter, state: _StepState) -> torch.Tensor:
+        """coef * g_v for the backward route (k applied later); adds -h . g_v to the history once."""
+        entry = state.pre[id(p)]
+        g_v = self._target_gradient(p, state.target_records, state.value_dtype)
+        if id(p) not in state.history_done:
+            state.history_done.add(id(p))
+            state.history += -(g_v * entry.history.to(g_v.dtype)).reshape(g_v.shape[0], -1).sum(dim=1)
+        coef = entry.coef.to(g_v.dtype) if isinstance(entry.coef, torch.Tensor) else entry.coef
+        return coef * g_v
+
+    # -- pieces ------------------------------------------------------------------------------------
     def _clip(self, params: list[torch.Tensor]) -> tuple[float, float]:
         """Global-norm clipping with torch's own function and formula; returns (norm, factor k)."""
         max_norm = self.config.max_grad_norm
@@ -231,13 +334,14 @@ class AttributionEngine:
                 self.model.train(was_training)
         return losses.detach()
 
-    def _linearize(self) -> dict[int, Linearization]:
+    def _linearize(self, clipped: bool) -> dict[int, Linearization]:
         out: dict[int, Linearization] = {}
         for p, _ in self._uses:
             group = self._groups.get(id(p))
-            if group is None or p.grad is None:
+            if group is None or (clipped and p.grad is None):
                 continue
-            out[id(p)] = linearize(self.optimizer, p, group, p.grad.detach())
+            grad = p.grad.detach() if clipped else None
+            out[id(p)] = linearize(self.optimizer, p, group, grad, self.config.adam_denominator)
         return out
 
     def _hvps(self, lin: dict[int, Linearization]) -> dict[int, torch.Tensor]:
@@ -267,50 +371,39 @@ class AttributionEngine:
                 self.model.train(was_training)
         return {key: torch.stack(value) for key, value in out.items()}
 
-    def _values(self, train_store, target_store, lin, clip, sizes, dtype):
-        k = self._num_targets
-        rows_total = sum(sizes)
+    def _values_after(self, train_store: CaptureStore, state: _StepState, lin, clip: float, k: int):
+        """The "after" route: contract kept inputs/output gradients once the step's direction is known."""
+        dtype = state.value_dtype
+        rows_total = state.offsets[-1]
         order2 = self.config.order == 2
         if k == 0:
             empty = torch.zeros(rows_total, 0, dtype=dtype)
             return empty, (empty if order2 else None), None, torch.zeros(0, dtype=dtype)
-        offsets = [0]
-        for size in sizes:
-            offsets.append(offsets[-1] + size)
         hvps = self._hvps(lin) if order2 else {}
         ncols = 2 * k if order2 else k
         out = torch.zeros(rows_total, ncols, dtype=dtype)
         per_token = None
         history = torch.zeros(k, dtype=dtype)
         train_records = train_store.by_module()
-        target_records = target_store.by_module()
-        budget = int(self.config.memory_budget_mb * 2**20 / torch.finfo(dtype).bits * 8)
-        self.routes = {}
         for p, uses in self._uses:
             entry = lin.get(id(p))
             if entry is None:
                 continue  # not updated by the optimizer: no player moves it
-            g_v = None
-            for use in uses:
-                for record in target_records.get(use.module_name, []):
-                    part = use.rule.grads(use.module, use.pname, record.saved, record.grad, dtype)
-                    g_v = part if g_v is None else g_v + part
-            if g_v is None:
-                g_v = torch.zeros(k, *p.shape, dtype=dtype)
+            g_v = self._target_gradient(p, state.target_records, dtype)
             coef = entry.coef.to(dtype) if isinstance(entry.coef, torch.Tensor) else entry.coef
             history += -(g_v * entry.history.to(dtype)).reshape(k, -1).sum(dim=1)
             directions = [clip * coef * g_v]
             if order2:
-                directions.append(clip * coef * hvps[id(p)].to(dtype))
+                directions.append(clip * coef * hvps.pop(id(p)).to(dtype))
             z = torch.cat(directions) if order2 else directions[0]
             del g_v, directions
             for use in uses:
                 for record in train_records.get(use.module_name, []):
                     contrib, route = use.rule.dot(
-                        use.module, use.pname, record.saved, record.grad, z, self.config.per_token, budget
+                        use.module, use.pname, record.saved, record.grad, z, self.config.per_token, state.budget
                     )
                     self.routes[f"{use.module_name}.{use.pname}"] = route
-                    start, stop = offsets[record.micro_batch], offsets[record.micro_batch + 1]
+                    start, stop = state.offsets[record.micro_batch], state.offsets[record.micro_batch + 1]
                     if self.config.per_token:
                         if per_token is None or per_token.shape[1] < contrib.shape[1]:
                             per_token = _grow(per_token, rows_total, contrib.shape[1], ncols, dtype)
@@ -318,6 +411,7 @@ class AttributionEngine:
                         out[start:stop] += contrib.sum(dim=1)
                     else:
                         out[start:stop] += contrib
+        train_store.records.clear()
         values_first = out[:, :k]
         values_second = out[:, :k] + out[:, k:] if order2 else None
         if per_token is not None:
@@ -330,11 +424,3 @@ def _grow(current, rows, tokens, cols, dtype):
     if current is not None:
         grown[:, : current.shape[1]] = current
     return grown
-
-
-class _null_capture:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False

@@ -4,10 +4,13 @@ g_i is player i's (unclipped, loss-weighted) gradient, k the clipping factor, co
 elementwise tensor per parameter, and h the part of the update no player of this batch owns (momentum
 carried from earlier batches, weight decay). This must reproduce torch's own update, which the tests check.
 
-Adam/AdamW: the step's denominator sqrt(v_t / bc2) + eps is held at the value the optimizer actually uses
-in this step (v_t includes this batch). Given that denominator the update is exactly linear in the batch
-gradient, so h + sum_i d_i is the real update; what is not attributed is only how the batch changed the
-denominator itself. (DESIGN.md proposed v_{t-1}; at step 1 that is zero, and the real step differs.)
+Adam/AdamW (fixed-state utility: the moments are held, so the update is linear in the batch gradient):
+- "previous": A_t = sqrt(v_{t-1} / (1 - beta2^(t-1))) + eps, as DESIGN.md and the Adam follow-up paper. It
+  is known before the step, so values can be formed inside backward. h + sum_i d_i then differs from the
+  real update by the change of the denominator; the ledger reports that remainder.
+- "current": the denominator the optimizer really applies, sqrt(v_t / (1 - beta2^t)) + eps with v_t
+  including this batch: h + sum_i d_i is exactly the real update. Needs the clipped batch gradient.
+An optimizer's first step has no v_{t-1}, so it always uses "current".
 """
 
 from __future__ import annotations
@@ -58,10 +61,28 @@ def _decoupled(optimizer: torch.optim.Optimizer, group: dict) -> bool:
     return bool(group.get("decoupled_weight_decay", False))
 
 
+def needs_gradient(optimizer: torch.optim.Optimizer, denominator: str) -> bool:
+    """True if this step's linearization depends on the batch gradient (so it is known only after backward)."""
+    if isinstance(optimizer, torch.optim.SGD):
+        return False
+    if denominator == "current":
+        return True
+    return any(
+        "exp_avg_sq" not in optimizer.state.get(p, {}) for group in optimizer.param_groups for p in group["params"]
+    )
+
+
 def linearize(
-    optimizer: torch.optim.Optimizer, param: torch.Tensor, group: dict, clipped_grad: torch.Tensor
+    optimizer: torch.optim.Optimizer,
+    param: torch.Tensor,
+    group: dict,
+    clipped_grad: torch.Tensor | None,
+    denominator: str = "previous",
 ) -> Linearization:
-    """Coefficient and history part of this parameter's coming update (called before optimizer.step())."""
+    """Coefficient (without the clip factor k) and history part of this parameter's coming update.
+
+    Called before optimizer.step(). clipped_grad may be None when needs_gradient() is False.
+    """
     lr = _scalar(group["lr"])
     wd = _scalar(group.get("weight_decay", 0.0))
     state = optimizer.state.get(param, {})
@@ -91,11 +112,15 @@ def linearize(
         exp_avg = torch.zeros_like(p)
         exp_avg_sq = torch.zeros_like(p)
     decoupled = _decoupled(optimizer, group)
-    grad = clipped_grad if (decoupled or wd == 0) else clipped_grad + wd * p
-    v_t = exp_avg_sq * beta2 + (1 - beta2) * grad * grad
     bc1 = 1 - beta1**step
-    bc2 = 1 - beta2**step
-    denom = v_t.sqrt() / (bc2**0.5) + eps
+    if denominator == "previous" and step > 1:
+        denom = exp_avg_sq.sqrt() / ((1 - beta2 ** (step - 1)) ** 0.5) + eps
+    else:
+        if clipped_grad is None:
+            raise ValueError("the 'current' Adam denominator needs the clipped batch gradient")
+        grad = clipped_grad if (decoupled or wd == 0) else clipped_grad + wd * p
+        v_t = exp_avg_sq * beta2 + (1 - beta2) * grad * grad
+        denom = v_t.sqrt() / ((1 - beta2**step) ** 0.5) + eps
     step_size = lr / bc1
     coef = step_size * (1 - beta1) / denom
     momentum_part = beta1 * exp_avg

@@ -36,6 +36,17 @@ class LayerRule:
         """Per-row gradient of parameter `pname`: (rows, *param.shape)."""
         raise NotImplementedError
 
+    def owns_grad(self, pname: str) -> bool:
+        """True if the engine forms this parameter's batch gradient itself (per-row blocks, then summed)
+        instead of autograd: then the per-row gradients it needs cost no extra matmul."""
+        return False
+
+    def grad_and_dot(
+        self, module: nn.Module, pname: str, saved: Any, grad: torch.Tensor, z: torch.Tensor | None, budget_elems: int
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """For owned parameters: (sum of the rows' gradients in the parameter's dtype, (rows, K) dots or None)."""
+        raise NotImplementedError
+
     def dot(
         self,
         module: nn.Module,

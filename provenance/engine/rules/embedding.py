@@ -41,6 +41,19 @@ class EmbeddingRule(LayerRule):
         out.index_put_((row_index[valid], ids[valid]), b[valid], accumulate=True)
         return out
 
+    def owns_grad(self, pname: str) -> bool:
+        return True  # a scatter-add: forming it here lets tied weights (wte = lm_head) skip autograd too
+
+    def grad_and_dot(self, module, pname, saved, grad, z, budget_elems):
+        rows = saved.shape[0]
+        ids = saved.reshape(rows, -1)
+        b = grad.reshape(rows, ids.shape[1], -1)
+        valid = ids >= 0
+        total = torch.zeros_like(module.weight)
+        total.index_add_(0, ids[valid], b[valid].to(total.dtype))
+        out = None if z is None else self.dot(module, pname, saved, grad, z, False, budget_elems)[0]
+        return total, out
+
     def dot(self, module, pname, saved, grad, z, per_token, budget_elems):
         rows = saved.shape[0]
         ids = saved.reshape(rows, -1)

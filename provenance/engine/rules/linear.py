@@ -53,6 +53,30 @@ class MatmulRule(LayerRule):
             return per_row.transpose(1, 2).contiguous()
         return per_row.reshape(per_row.shape[0], *module.weight.shape)
 
+    def owns_grad(self, pname: str) -> bool:
+        return pname == "weight"
+
+    def grad_and_dot(self, module, pname, saved, grad, z, budget_elems):
+        a, b = self.factors(module, saved, grad)
+        weight = module.weight
+        a, b = a.to(weight.dtype), b.to(weight.dtype)
+        rows, _, din = a.shape
+        dout = b.shape[2]
+        block = max(1, budget_elems // max(1, din * dout))
+        total = None
+        out = None if z is None else a.new_zeros(rows, z.shape[0], dtype=z.dtype)
+        flat_z = None if z is None else self._weight_view(module, z).reshape(z.shape[0], -1)
+        for start in range(0, rows, block):
+            stop = min(rows, start + block)
+            per_row = torch.bmm(b[start:stop].transpose(1, 2), a[start:stop])  # (block, dout, din)
+            part = per_row.sum(dim=0)
+            total = part if total is None else total + part
+            if flat_z is not None:
+                out[start:stop] = per_row.reshape(stop - start, -1).to(flat_z.dtype) @ flat_z.T
+        if self.transposed:
+            total = total.T
+        return total.reshape(weight.shape), out
+
     def dot(self, module, pname, saved, grad, z, per_token, budget_elems):
         a, b = self.factors(module, saved, grad)
         dtype = z.dtype

@@ -1,0 +1,195 @@
+"""Engine overhead against plain training, measured side by side in one process (interleaved, medians).
+
+    python bench/engine.py            # the issue's size: GPT-2, 4 layers, d=768, 12 heads, vocab 8192,
+                                      # seq 256, batch 16, 64-token targets (several minutes on 2 cores)
+    python bench/engine.py --quick    # a small model, under a minute, for regression checks
+    python bench/engine.py --json     # one JSON line
+
+Peak memory is measured per configuration in a fresh subprocess (ru_maxrss of one warm step), because a
+process's peak cannot be reset between configurations.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from provenance.engine import AttributionEngine, CausalLMTask, EngineConfig, LMBatch
+
+SIZES = {
+    "full": dict(n_layer=4, n_embd=768, n_head=12, vocab=8192, seq=256, batch=16, target_tokens=64),
+    "quick": dict(n_layer=2, n_embd=128, n_head=4, vocab=2048, seq=128, batch=8, target_tokens=32),
+}
+
+
+def build(size: dict, seed: int = 0):
+    torch.manual_seed(seed)
+    config = GPT2Config(
+        vocab_size=size["vocab"], n_positions=size["seq"], n_embd=size["n_embd"], n_layer=size["n_layer"],
+        n_head=size["n_head"], resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0,
+    )
+    model = GPT2LMHeadModel(config)
+    model.config._attn_implementation = "eager"
+    return model
+
+
+def make_batch(rows: int, length: int, vocab: int, seed: int, prompt: int = 0) -> LMBatch:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, vocab, (rows, length), generator=g)
+    labels = ids.clone()
+    labels[:, :prompt] = -100
+    return LMBatch(ids, torch.ones_like(ids), labels)
+
+
+def make_optimizer(model, name: str):
+    if name == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    return torch.optim.AdamW(model.parameters(), lr=6e-4, betas=(0.9, 0.95), weight_decay=0.1)
+
+
+class Runner:
+    """One configuration: a model, its optimizer and (unless plain) an engine."""
+
+    def __init__(self, size, mode: str, optimizer: str):
+        self.size, self.mode = size, mode
+        self.model = build(size)
+        self.model.train()
+        self.opt = make_optimizer(self.model, optimizer)
+        self.step_index = 0
+        self.engine = None
+        if mode == "plain":
+            return
+        if mode == "torch_func":
+            self.targets = make_batch(1, size["target_tokens"], size["vocab"], 999, prompt=8)
+            return
+        order = 2 if mode == "second_order" else 1
+        k = 16 if mode == "targets16" else 1
+        self.engine = AttributionEngine(self.model, self.opt, EngineConfig(order=order, max_grad_norm=1.0))
+        self.engine.set_targets(make_batch(k, size["target_tokens"], size["vocab"], 999, prompt=8))
+
+    def step(self) -> float:
+        batch = make_batch(self.size["batch"], self.size["seq"], self.size["vocab"], self.step_index)
+        self.step_index += 1
+        start = time.perf_counter()
+        if self.engine is not None:
+            self.engine.step([batch])
+        elif self.mode == "torch_func":
+            torch_func_step(self.model, self.opt, batch, self.targets)
+        else:
+            plain_step(self.model, self.opt, batch)
+        return time.perf_counter() - start
+
+
+def plain_step(model, opt, batch):
+    sums, weights = CausalLMTask().loss_terms(model, batch)
+    loss = sums.sum() / weights.sum()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+
+
+def torch_func_step(model, opt, batch, targets):
+    """The textbook baseline for the same first-order values: vmap'd per-sample gradients, then dots."""
+    from torch.func import functional_call, grad, vmap
+
+    task = CausalLMTask()
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    total = batch.labels[:, 1:].ne(-100).sum()
+
+    def row_loss(p, ids, mask, labels):
+        out = functional_call(model, p, (), dict(input_ids=ids[None], attention_mask=mask[None], labels=None))
+        logits = out.logits[0, :-1]
+        return torch.nn.functional.cross_entropy(logits, labels[1:], ignore_index=-100, reduction="sum") / total
+
+    per_sample = vmap(grad(row_loss), in_dims=(None, 0, 0, 0))(params, batch.input_ids, batch.attention_mask, batch.labels)
+    model.eval()
+    tloss = task.target_losses(model, targets)[0]
+    g_v = torch.autograd.grad(tloss, list(model.parameters()))
+    model.train()
+    values = sum((per_sample[name].reshape(per_sample[name].shape[0], -1) @ gv.reshape(-1))
+                 for (name, _), gv in zip(model.named_parameters(), g_v))
+    for (name, p) in model.named_parameters():
+        p.grad = per_sample[name].sum(0)
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return values
+
+
+def peak_memory_mb(size_name: str, mode: str, optimizer: str) -> float:
+    """ru_maxrss of a fresh process doing two steps of one configuration."""
+    code = (
+        "import sys, resource; sys.argv=['x']; sys.path.insert(0, %r); import engine as b; "
+        "r=b.Runner(b.SIZES[%r], %r, %r); r.step(); r.step(); "
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+    ) % (os.path.dirname(os.path.abspath(__file__)), size_name, mode, optimizer)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return int(out.stdout.strip().splitlines()[-1]) / 1024.0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small model, under a minute")
+    parser.add_argument("--json", action="store_true", help="print one JSON line")
+    parser.add_argument("--reps", type=int, default=None, help="timed steps per configuration")
+    parser.add_argument("--optimizer", choices=["adamw", "sgd"], default="adamw")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    parser.add_argument("--no-torch-func", action="store_true", help="skip the torch.func baseline")
+    args = parser.parse_args()
+    size_name = "quick" if args.quick else "full"
+    size = SIZES[size_name]
+    reps = args.reps or (5 if args.quick else 3)
+    modes = ["plain", "first_order", "second_order", "targets16"] + ([] if args.no_torch_func else ["torch_func"])
+    runners = {mode: Runner(size, mode, args.optimizer) for mode in modes}
+    for runner in runners.values():  # warm-up (allocations, Adam state)
+        runner.step()
+    times = {mode: [] for mode in modes}
+    for _ in range(reps):
+        for mode in modes:
+            times[mode].append(runners[mode].step())
+    median = {mode: statistics.median(t) for mode, t in times.items()}
+    ratio = {mode: median[mode] / median["plain"] for mode in modes}
+    routes = runners["first_order"].engine.routes
+    routes16 = runners["targets16"].engine.routes
+    memory = {}
+    if not args.no_memory:
+        for mode in modes:
+            memory[mode] = peak_memory_mb(size_name, mode, args.optimizer)
+    result = {
+        "first_order_ratio": round(ratio["first_order"], 4),
+        "second_order_ratio": round(ratio["second_order"], 4),
+        "targets16_ratio": round(ratio["targets16"], 4),
+        "torch_func_ratio": round(ratio["torch_func"], 4) if "torch_func" in ratio else None,
+        "peak_memory_ratio": round(memory["first_order"] / memory["plain"], 4) if memory else None,
+        "peak_memory_ratio_targets16": round(memory["targets16"] / memory["plain"], 4) if memory else None,
+        "peak_memory_ratio_second_order": round(memory["second_order"] / memory["plain"], 4) if memory else None,
+        "torch_func_peak_memory_ratio": round(memory["torch_func"] / memory["plain"], 4) if "torch_func" in memory else None,
+        "plain_step_seconds": round(median["plain"], 4),
+        "peak_memory_mb": {k: round(v, 1) for k, v in memory.items()},
+        "optimizer": args.optimizer,
+        "sizes": dict(size, reps=reps, size=size_name, threads=torch.get_num_threads()),
+    }
+    if args.json:
+        print(json.dumps(result))
+        return
+    print(f"engine benchmark ({size_name}: {size}, optimizer {args.optimizer}, {reps} interleaved reps, medians)")
+    print(f"{'configuration':<16}{'s/step':>10}{'x plain':>10}{'peak MB':>10}")
+    for mode in modes:
+        print(f"{mode:<16}{median[mode]:>10.3f}{ratio[mode]:>10.3f}{memory.get(mode, float('nan')):>10.0f}")
+    print("routes (first order, 1 target):")
+    for name, route in routes.items():
+        print(f"  {name:<45} {route:<8} (16 targets: {routes16.get(name)})")
+
+
+if __name__ == "__main__":
+    main()
