@@ -152,6 +152,7 @@ class AttributionEngine:
 
     def close(self) -> None:
         self._capturer.detach()
+        rules.linear.release_scratch()
 
     def __enter__(self) -> "AttributionEngine":
         return self
@@ -239,10 +240,15 @@ class AttributionEngine:
             values_first, values_second, per_token = state.values * clip, None, None
             history = state.history
             lin = state.pre
-        else:
+        elif k:
             lin = self._linearize(clipped=True)
             values_first, values_second, per_token, history = self._values_after(train_store, state, lin, clip, k)
-        lr = next(iter(lin.values())).lr if lin else float(self.optimizer.param_groups[0]["lr"])
+        else:  # no targets: plain training through the same gradient code
+            lin = {}
+            values_first = torch.zeros(total_rows, 0, dtype=dtype)
+            values_second = values_first if self.config.order == 2 else None
+            per_token, history = None, torch.zeros(0, dtype=dtype)
+        lr = float(self.optimizer.param_groups[0]["lr"])
 
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -297,11 +303,11 @@ class AttributionEngine:
         """coef * g_v for the backward route (k applied later); adds -h . g_v to the history once."""
         entry = state.pre[id(p)]
         g_v = self._target_gradient(p, state.target_records, state.value_dtype)
+        z = entry.direction(g_v)
         if id(p) not in state.history_done:
             state.history_done.add(id(p))
-            state.history += -(g_v * entry.history.to(g_v.dtype)).reshape(g_v.shape[0], -1).sum(dim=1)
-        coef = entry.coef.to(g_v.dtype) if isinstance(entry.coef, torch.Tensor) else entry.coef
-        return coef * g_v
+            state.history += entry.history_value(g_v, z)
+        return z
 
     # -- pieces ------------------------------------------------------------------------------------
     def _clip(self, params: list[torch.Tensor]) -> tuple[float, float]:
@@ -351,7 +357,7 @@ class AttributionEngine:
         for p in params:
             if id(p) in lin:
                 entry = lin[id(p)]
-                u.append((entry.history - 0.5 * entry.coef * p.grad.detach()).to(p.dtype))
+                u.append((entry.history() - 0.5 * entry.coef * p.grad.detach()).to(p.dtype))
             else:
                 u.append(torch.zeros_like(p))
         out = {id(p): [] for p in params}
@@ -376,9 +382,6 @@ class AttributionEngine:
         dtype = state.value_dtype
         rows_total = state.offsets[-1]
         order2 = self.config.order == 2
-        if k == 0:
-            empty = torch.zeros(rows_total, 0, dtype=dtype)
-            return empty, (empty if order2 else None), None, torch.zeros(0, dtype=dtype)
         hvps = self._hvps(lin) if order2 else {}
         ncols = 2 * k if order2 else k
         out = torch.zeros(rows_total, ncols, dtype=dtype)
@@ -390,11 +393,11 @@ class AttributionEngine:
             if entry is None:
                 continue  # not updated by the optimizer: no player moves it
             g_v = self._target_gradient(p, state.target_records, dtype)
-            coef = entry.coef.to(dtype) if isinstance(entry.coef, torch.Tensor) else entry.coef
-            history += -(g_v * entry.history.to(dtype)).reshape(k, -1).sum(dim=1)
-            directions = [clip * coef * g_v]
+            first = entry.direction(g_v)
+            history += entry.history_value(g_v, first)
+            directions = [first.mul_(clip)]
             if order2:
-                directions.append(clip * coef * hvps.pop(id(p)).to(dtype))
+                directions.append(entry.direction(hvps.pop(id(p)).to(dtype)).mul_(clip))
             z = torch.cat(directions) if order2 else directions[0]
             del g_v, directions
             for use in uses:

@@ -24,9 +24,54 @@ from ..errors import UnsupportedOptimizerError
 
 @dataclass
 class Linearization:
-    coef: float | torch.Tensor  # d_i = -coef * (k g_i)
-    history: torch.Tensor  # h
+    """One parameter's update as h + sum_i d_i, kept in factored form (no param-sized h unless asked).
+
+    d_i = -scale * precond * (k g_i)                     (precond = 1 for SGD, 1/denominator for Adam)
+    h   = decay * p + momentum_scale * momentum * precond + l2_scale * p * precond
+    """
+
     lr: float
+    scale: float
+    precond: torch.Tensor | None
+    param: torch.Tensor
+    decay: float = 0.0
+    momentum: torch.Tensor | None = None
+    momentum_scale: float = 0.0
+    l2_scale: float = 0.0
+
+    @property
+    def coef(self) -> float | torch.Tensor:
+        return self.scale if self.precond is None else self.scale * self.precond
+
+    def direction(self, g_v: torch.Tensor) -> torch.Tensor:
+        """coef * g_v, without the clip factor: (K, *shape)."""
+        if self.precond is None:
+            return g_v * self.scale
+        return (g_v * self.precond.to(g_v.dtype)).mul_(self.scale)
+
+    def history(self) -> torch.Tensor:
+        """h itself (only the second order needs it materialized)."""
+        out = self.param.detach() * self.decay
+        pre = 1.0 if self.precond is None else self.precond
+        if self.momentum is not None and self.momentum_scale:
+            out = out + self.momentum_scale * self.momentum * pre
+        if self.l2_scale:
+            out = out + self.l2_scale * self.param.detach() * pre
+        return out
+
+    def history_value(self, g_v: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
+        """-h . g_v per target, from dots only: (m * precond) . g_v = (m . direction) / scale."""
+        k = g_v.shape[0]
+        g_flat = g_v.reshape(k, -1)
+        p_flat = self.param.detach().reshape(-1).to(g_v.dtype)
+        value = self.decay * (g_flat @ p_flat)
+        if self.scale != 0:
+            z_flat = direction.reshape(k, -1)
+            if self.momentum is not None and self.momentum_scale:
+                value = value + (self.momentum_scale / self.scale) * (z_flat @ self.momentum.reshape(-1).to(g_v.dtype))
+            if self.l2_scale:
+                value = value + (self.l2_scale / self.scale) * (z_flat @ p_flat)
+        return -value
 
 
 def _scalar(value) -> float:
@@ -91,42 +136,42 @@ def linearize(
         mu = _scalar(group.get("momentum", 0.0))
         damp = _scalar(group.get("dampening", 0.0))
         nesterov = bool(group.get("nesterov", False))
-        decay = wd * p if wd != 0 else torch.zeros_like(p)
         buf = state.get("momentum_buffer") if mu != 0 else None
         if mu == 0:
-            return Linearization(lr, -lr * decay, lr)
+            return Linearization(lr, lr, None, p, decay=-lr * wd)
         if buf is None:  # first step: buf = g'
             scale = (1 + mu) if nesterov else 1.0
-            return Linearization(lr * scale, -lr * scale * decay, lr)
+            return Linearization(lr, lr * scale, None, p, decay=-lr * scale * wd)
         if nesterov:  # d_p = g' + mu (mu buf + (1-damp) g')
             scale = 1 + mu * (1 - damp)
-            return Linearization(lr * scale, -lr * (scale * decay + mu * mu * buf), lr)
-        return Linearization(lr * (1 - damp), -lr * (mu * buf + (1 - damp) * decay), lr)
+            return Linearization(lr, lr * scale, None, p, -lr * scale * wd, buf, -lr * mu * mu)
+        return Linearization(lr, lr * (1 - damp), None, p, -lr * (1 - damp) * wd, buf, -lr * mu)
 
     beta1, beta2 = (_scalar(b) for b in group["betas"])
     eps = _scalar(group["eps"])
     step = int(_scalar(state["step"])) + 1 if "step" in state else 1
     exp_avg = state.get("exp_avg")
     exp_avg_sq = state.get("exp_avg_sq")
-    if exp_avg is None:
-        exp_avg = torch.zeros_like(p)
+    if exp_avg_sq is None:
         exp_avg_sq = torch.zeros_like(p)
     decoupled = _decoupled(optimizer, group)
     bc1 = 1 - beta1**step
     if denominator == "previous" and step > 1:
-        denom = exp_avg_sq.sqrt() / ((1 - beta2 ** (step - 1)) ** 0.5) + eps
+        precond = exp_avg_sq.sqrt().div_((1 - beta2 ** (step - 1)) ** 0.5).add_(eps).reciprocal_()
     else:
         if clipped_grad is None:
             raise ValueError("the 'current' Adam denominator needs the clipped batch gradient")
         grad = clipped_grad if (decoupled or wd == 0) else clipped_grad + wd * p
         v_t = exp_avg_sq * beta2 + (1 - beta2) * grad * grad
-        denom = v_t.sqrt() / ((1 - beta2**step) ** 0.5) + eps
+        precond = v_t.sqrt_().div_((1 - beta2**step) ** 0.5).add_(eps).reciprocal_()
     step_size = lr / bc1
-    coef = step_size * (1 - beta1) / denom
-    momentum_part = beta1 * exp_avg
-    if not decoupled and wd != 0:
-        momentum_part = momentum_part + (1 - beta1) * wd * p
-    history = -step_size * momentum_part / denom
-    if decoupled and wd != 0:
-        history = history - lr * wd * p
-    return Linearization(coef, history, lr)
+    return Linearization(
+        lr,
+        step_size * (1 - beta1),
+        precond,
+        p,
+        decay=-lr * wd if decoupled else 0.0,
+        momentum=exp_avg,
+        momentum_scale=-step_size * beta1,
+        l2_scale=0.0 if (decoupled or wd == 0) else -step_size * (1 - beta1) * wd,
+    )

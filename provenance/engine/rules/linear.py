@@ -22,6 +22,22 @@ except Exception:  # pragma: no cover
     Conv1D = None
 
 
+_SCRATCH: dict[torch.dtype, torch.Tensor] = {}
+
+
+def _scratch(dtype: torch.dtype, numel: int) -> torch.Tensor:
+    """A reused flat buffer for per-row gradient blocks: fresh large allocations cost page faults that,
+    on CPU, make a batched matmul ~1.5x slower than the plain matmul it replaces."""
+    buffer = _SCRATCH.get(dtype)
+    if buffer is None or buffer.numel() < numel:
+        buffer = _SCRATCH[dtype] = torch.empty(numel, dtype=dtype)
+    return buffer[:numel]
+
+
+def release_scratch() -> None:
+    _SCRATCH.clear()
+
+
 class MatmulRule(LayerRule):
     """Shared maths; subclasses say how to get (a, b) as (rows, N, din) / (rows, N, dout)."""
 
@@ -66,9 +82,11 @@ class MatmulRule(LayerRule):
         total = None
         out = None if z is None else a.new_zeros(rows, z.shape[0], dtype=z.dtype)
         flat_z = None if z is None else self._weight_view(module, z).reshape(z.shape[0], -1)
+        buffer = _scratch(weight.dtype, min(block, rows) * dout * din)
         for start in range(0, rows, block):
             stop = min(rows, start + block)
-            per_row = torch.bmm(b[start:stop].transpose(1, 2), a[start:stop])  # (block, dout, din)
+            per_row = buffer[: (stop - start) * dout * din].view(stop - start, dout, din)
+            torch.bmm(b[start:stop].transpose(1, 2), a[start:stop], out=per_row)
             part = per_row.sum(dim=0)
             total = part if total is None else total + part
             if flat_z is not None:
