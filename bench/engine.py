@@ -5,8 +5,9 @@
     python bench/engine.py --quick    # a small model, under a minute, for regression checks
     python bench/engine.py --json     # one JSON line
 
-Peak memory is measured per configuration in a fresh subprocess (ru_maxrss of one warm step), because a
-process's peak cannot be reset between configurations.
+Peak memory is measured per configuration in a fresh subprocess (ru_maxrss after two steps), because a
+process's peak cannot be reset between configurations; "step memory" subtracts the RSS after imports and
+model build, i.e. what training itself adds.
 """
 
 from __future__ import annotations
@@ -126,15 +127,18 @@ def torch_func_step(model, opt, batch, targets):
     return values
 
 
-def peak_memory_mb(size_name: str, mode: str, optimizer: str) -> float:
-    """ru_maxrss of a fresh process doing two steps of one configuration."""
+def peak_memory_mb(size_name: str, mode: str, optimizer: str) -> tuple[float, float]:
+    """(peak RSS of a fresh process doing two steps, RSS after imports and model build) in MB."""
     code = (
         "import sys, resource; sys.argv=['x']; sys.path.insert(0, %r); import engine as b; "
-        "r=b.Runner(b.SIZES[%r], %r, %r); r.step(); r.step(); "
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+        "r=b.Runner(b.SIZES[%r], %r, %r); "
+        "base=int(open('/proc/self/statm').read().split()[1])*resource.getpagesize()/1024; "
+        "r.step(); r.step(); "
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, base)"
     ) % (os.path.dirname(os.path.abspath(__file__)), size_name, mode, optimizer)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return int(out.stdout.strip().splitlines()[-1]) / 1024.0
+    peak_kb, base_kb = out.stdout.strip().splitlines()[-1].split()
+    return int(peak_kb) / 1024.0, float(base_kb) / 1024.0
 
 
 def main() -> None:
@@ -161,10 +165,11 @@ def main() -> None:
     ratio = {mode: median[mode] / median["plain"] for mode in modes}
     routes = runners["first_order"].engine.routes
     routes16 = runners["targets16"].engine.routes
-    memory = {}
+    memory, growth = {}, {}
     if not args.no_memory:
         for mode in modes:
-            memory[mode] = peak_memory_mb(size_name, mode, args.optimizer)
+            peak, base = peak_memory_mb(size_name, mode, args.optimizer)
+            memory[mode], growth[mode] = peak, peak - base
     result = {
         "first_order_ratio": round(ratio["first_order"], 4),
         "second_order_ratio": round(ratio["second_order"], 4),
@@ -174,6 +179,9 @@ def main() -> None:
         "peak_memory_ratio_targets16": round(memory["targets16"] / memory["plain"], 4) if memory else None,
         "peak_memory_ratio_second_order": round(memory["second_order"] / memory["plain"], 4) if memory else None,
         "torch_func_peak_memory_ratio": round(memory["torch_func"] / memory["plain"], 4) if "torch_func" in memory else None,
+        "step_memory_ratio": round(growth["first_order"] / growth["plain"], 4) if growth else None,
+        "step_memory_ratio_targets16": round(growth["targets16"] / growth["plain"], 4) if growth else None,
+        "step_memory_ratio_second_order": round(growth["second_order"] / growth["plain"], 4) if growth else None,
         "plain_step_seconds": round(median["plain"], 4),
         "peak_memory_mb": {k: round(v, 1) for k, v in memory.items()},
         "optimizer": args.optimizer,
@@ -183,9 +191,13 @@ def main() -> None:
         print(json.dumps(result))
         return
     print(f"engine benchmark ({size_name}: {size}, optimizer {args.optimizer}, {reps} interleaved reps, medians)")
-    print(f"{'configuration':<16}{'s/step':>10}{'x plain':>10}{'peak MB':>10}")
+    print(f"{'configuration':<16}{'s/step':>10}{'x plain':>10}{'peak MB':>10}{'step MB':>10}")
     for mode in modes:
-        print(f"{mode:<16}{median[mode]:>10.3f}{ratio[mode]:>10.3f}{memory.get(mode, float('nan')):>10.0f}")
+        print(
+            f"{mode:<16}{median[mode]:>10.3f}{ratio[mode]:>10.3f}"
+            f"{memory.get(mode, float('nan')):>10.0f}{growth.get(mode, float('nan')):>10.0f}"
+        )
+    print("peak MB = process peak RSS; step MB = peak minus RSS after imports and model build")
     print("routes (first order, 1 target):")
     for name, route in routes.items():
         print(f"  {name:<45} {route:<8} (16 targets: {routes16.get(name)})")

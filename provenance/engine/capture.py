@@ -38,6 +38,7 @@ class CaptureStore:
     keep: bool = True
     on_grad: Callable[[Record], None] | None = None
     records: list[Record] = field(default_factory=list)
+    leaves: list[torch.Tensor] = field(default_factory=list)  # outputs the hooks made into grad leaves
 
     def by_module(self) -> dict[str, list[Record]]:
         out: dict[str, list[Record]] = {}
@@ -78,6 +79,7 @@ class Capturer:
                 # The engine owns this module's weight gradient (requires_grad is off during the pass) and
                 # its input needs none: make the output a leaf that requires grad, so backward reaches it.
                 replaced = output = output.detach().requires_grad_(True)
+                store.leaves.append(replaced)
             saved = rule.capture(module, args, output)
             if rule.rows(saved) != self._rows or output.shape[0] != self._rows:
                 raise UnsupportedLayerError(

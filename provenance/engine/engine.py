@@ -327,16 +327,24 @@ class AttributionEngine:
     def _target_pass(self, store: CaptureStore) -> torch.Tensor:
         """Targets' losses and gradient factors at the current weights, in eval mode, RNG untouched."""
         was_training = self.model.training
-        params = [p for p, _ in self._uses]
+        # Only the hooks' output gradients are needed: skip autograd's weight gradients where possible.
+        others = [p for p, _ in self._uses if id(p) not in self._owned_ids]
         with torch.random.fork_rng(devices=[]):
             self.model.eval()
+            for p in self._owned:
+                p.requires_grad_(False)
             try:
                 with self._capturer.capture(store, 0, self._num_targets):
                     losses = self.task.target_losses(self.model, self._targets)
                     if not torch.isfinite(losses).all():
                         raise NonFiniteLossError(f"target losses are not finite: {losses.tolist()}")
-                    torch.autograd.grad(losses.sum(), params, allow_unused=True)
+                    inputs = others + store.leaves  # autograd only runs the branches these need
+                    if inputs:
+                        torch.autograd.grad(losses.sum(), inputs, allow_unused=True)
+                store.leaves.clear()
             finally:
+                for p in self._owned:
+                    p.requires_grad_(True)
                 self.model.train(was_training)
         return losses.detach()
 
