@@ -36,6 +36,7 @@ class CaptureStore:
     """Records of one pass. With `keep=False` a record is dropped as soon as the engine has used it."""
 
     keep: bool = True
+    keep_only: set[str] | None = None  # keep records of these modules only (None: all)
     on_grad: Callable[[Record], None] | None = None
     records: list[Record] = field(default_factory=list)
     leaves: list[torch.Tensor] = field(default_factory=list)  # outputs the hooks made into grad leaves
@@ -89,14 +90,15 @@ class Capturer:
                     "(e.g. explicit position_ids of shape (rows, tokens))."
                 )
             record = Record(name, module, rule, self._micro_batch, saved)
-            if store.keep:
+            keep = store.keep and (store.keep_only is None or name in store.keep_only)
+            if keep:
                 store.records.append(record)
 
             def keep_grad(grad: torch.Tensor) -> None:
                 record.grad = grad.detach()
                 if store.on_grad is not None:
                     store.on_grad(record)
-                if not store.keep:
+                if not keep:
                     record.saved = record.grad = None
 
             output.register_hook(keep_grad)

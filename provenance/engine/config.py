@@ -21,11 +21,13 @@ class EngineConfig:
     value_dtype: dtype of the value computation; None = float64 for float64 models, else float32.
     memory_budget_mb: cap on transient per-player gradient blocks (the per-player route).
     adam_denominator: which Adam second moment defines the fixed-state linearization.
-        "previous" (default; DESIGN.md and the Adam follow-up paper): A_t = sqrt(v_{t-1}/(1-beta2^(t-1))) + eps,
-            known before the step, so first-order values are formed inside backward at almost no cost.
-            At an optimizer's very first step there is no v_{t-1}; that step uses "current".
-        "current": the denominator the optimizer actually applies in this step (v_t includes this batch);
-            then h + sum_i d_i is exactly the real update, at the cost of a second contraction pass.
+        "current" (default): the denominator the optimizer really applies in this step (v_t includes this
+            batch). Then h + sum_i d_i is exactly the real update and the ledger closes; values track real
+            leave-one-out retraining best (tests/engine/test_shapley_sanity.py). Values are contracted
+            after backward (one more per-row pass over the matmul weights).
+        "previous" (DESIGN.md, the Adam follow-up paper): A_t = sqrt(v_{t-1}/(1-beta2^(t-1))) + eps, known
+            before the step, so first-order values are formed inside backward at almost no cost. Elements
+            never updated yet (v_{t-1} == 0) and an optimizer's first step use "current".
     """
 
     order: Literal[1, 2] = 1
@@ -34,7 +36,7 @@ class EngineConfig:
     per_token: bool = False
     value_dtype: torch.dtype | None = None
     memory_budget_mb: float = 256.0
-    adam_denominator: Literal["previous", "current"] = "previous"
+    adam_denominator: Literal["current", "previous"] = "current"
 
     def __post_init__(self) -> None:
         if self.order not in (1, 2):

@@ -191,22 +191,30 @@ class AttributionEngine:
             target_store = CaptureStore(keep=True)
             target_loss = self._target_pass(target_store).to(dtype)
             state.target_records = target_store.by_module()
-        backward_route = (
-            k > 0
-            and self.config.order == 1
-            and not self.config.per_token
-            and not needs_gradient(self.optimizer, self.config.adam_denominator)
-        )
-        if backward_route:
-            state.pre = self._linearize(clipped=False)
+        # Parameters whose direction is known before backward get their values inside backward; the rest
+        # ("deferred") are contracted after it from kept inputs and output gradients.
+        pre: dict[int, Linearization] = {}
+        if k and self.config.order == 1 and not self.config.per_token:
+            for p, _ in self._uses:
+                group = self._groups.get(id(p))
+                if group is not None and not needs_gradient(self.optimizer, p, self.config.adam_denominator):
+                    pre[id(p)] = linearize(self.optimizer, p, group, None, self.config.adam_denominator)
+        deferred = [p for p, _ in self._uses if k and id(p) in self._groups and id(p) not in pre]
+        if pre:
+            state.pre = pre
             state.values = torch.zeros(total_rows, k, dtype=dtype)
             state.history = torch.zeros(k, dtype=dtype)
         self._state = state
         self.routes = {}
+        route = "none" if not k else ("backward" if not deferred else ("mixed" if pre else "after"))
 
         # Training passes: the loss is scaled here exactly as the real update uses it.
         self.optimizer.zero_grad(set_to_none=True)
-        train_store = CaptureStore(keep=k > 0 and not backward_route, on_grad=self._on_train_grad)
+        train_store = CaptureStore(
+            keep=bool(deferred),
+            keep_only={use.module_name for p in deferred for use in self._uses_of[id(p)]},
+            on_grad=self._on_train_grad,
+        )
         step_loss = 0.0
         for p in self._owned:
             p.requires_grad_(False)
@@ -236,18 +244,19 @@ class AttributionEngine:
         params = [p for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
         grad_norm, clip = self._clip(params)
 
-        if backward_route:
-            values_first, values_second, per_token = state.values * clip, None, None
-            history = state.history
-            lin = state.pre
-        elif k:
-            lin = self._linearize(clipped=True)
-            values_first, values_second, per_token, history = self._values_after(train_store, state, lin, clip, k)
-        else:  # no targets: plain training through the same gradient code
-            lin = {}
-            values_first = torch.zeros(total_rows, 0, dtype=dtype)
-            values_second = values_first if self.config.order == 2 else None
-            per_token, history = None, torch.zeros(0, dtype=dtype)
+        values_first = torch.zeros(total_rows, k, dtype=dtype)
+        values_second = values_first.clone() if self.config.order == 2 else None
+        per_token, history = None, torch.zeros(k, dtype=dtype)
+        if pre:
+            values_first += state.values * clip
+            history += state.history
+        if deferred:
+            lin = self._linearize(clipped=True, only={id(p) for p in deferred})
+            first, second, per_token, late_history = self._values_after(train_store, state, lin, clip, k)
+            values_first += first
+            history += late_history
+            if second is not None:
+                values_second += second
         lr = float(self.optimizer.param_groups[0]["lr"])
 
         self.optimizer.step()
@@ -263,7 +272,7 @@ class AttributionEngine:
             grad_norm=grad_norm,
             clip_factor=clip,
             history_term=history,
-            route="backward" if backward_route else ("after" if k else "none"),
+            route=route,
             routes=dict(self.routes),
         )
 
@@ -348,11 +357,11 @@ class AttributionEngine:
                 self.model.train(was_training)
         return losses.detach()
 
-    def _linearize(self, clipped: bool) -> dict[int, Linearization]:
+    def _linearize(self, clipped: bool, only: set[int] | None = None) -> dict[int, Linearization]:
         out: dict[int, Linearization] = {}
         for p, _ in self._uses:
             group = self._groups.get(id(p))
-            if group is None or (clipped and p.grad is None):
+            if group is None or (clipped and p.grad is None) or (only is not None and id(p) not in only):
                 continue
             grad = p.grad.detach() if clipped else None
             out[id(p)] = linearize(self.optimizer, p, group, grad, self.config.adam_denominator)

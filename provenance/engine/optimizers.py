@@ -7,7 +7,9 @@ carried from earlier batches, weight decay). This must reproduce torch's own upd
 Adam/AdamW (fixed-state utility: the moments are held, so the update is linear in the batch gradient):
 - "previous": A_t = sqrt(v_{t-1} / (1 - beta2^(t-1))) + eps, as DESIGN.md and the Adam follow-up paper. It
   is known before the step, so values can be formed inside backward. h + sum_i d_i then differs from the
-  real update by the change of the denominator; the ledger reports that remainder.
+  real update by the change of the denominator; the ledger reports that remainder. Elements whose v_{t-1}
+  is exactly zero (never updated yet, e.g. embedding rows of unseen tokens) take the current denominator:
+  with eps alone they would be weighted up to ~1e6x more than the optimizer really moves them.
 - "current": the denominator the optimizer really applies, sqrt(v_t / (1 - beta2^t)) + eps with v_t
   including this batch: h + sum_i d_i is exactly the real update. Needs the clipped batch gradient.
 An optimizer's first step has no v_{t-1}, so it always uses "current".
@@ -106,15 +108,16 @@ def _decoupled(optimizer: torch.optim.Optimizer, group: dict) -> bool:
     return bool(group.get("decoupled_weight_decay", False))
 
 
-def needs_gradient(optimizer: torch.optim.Optimizer, denominator: str) -> bool:
-    """True if this step's linearization depends on the batch gradient (so it is known only after backward)."""
+def needs_gradient(optimizer: torch.optim.Optimizer, param: torch.Tensor, denominator: str) -> bool:
+    """True if this parameter's linearization depends on the batch gradient (known only after backward):
+    Adam's "current" denominator, an optimizer's first step, or "previous" with elements whose second
+    moment is still exactly zero (never updated: e.g. embedding rows of tokens not seen yet)."""
     if isinstance(optimizer, torch.optim.SGD):
         return False
     if denominator == "current":
         return True
-    return any(
-        "exp_avg_sq" not in optimizer.state.get(p, {}) for group in optimizer.param_groups for p in group["params"]
-    )
+    exp_avg_sq = optimizer.state.get(param, {}).get("exp_avg_sq")
+    return exp_avg_sq is None or not bool((exp_avg_sq > 0).all())
 
 
 def linearize(
@@ -156,14 +159,19 @@ def linearize(
         exp_avg_sq = torch.zeros_like(p)
     decoupled = _decoupled(optimizer, group)
     bc1 = 1 - beta1**step
+    fresh = None  # elements that take the current denominator
     if denominator == "previous" and step > 1:
         precond = exp_avg_sq.sqrt().div_((1 - beta2 ** (step - 1)) ** 0.5).add_(eps).reciprocal_()
-    else:
+        fresh = exp_avg_sq == 0
+        if not bool(fresh.any()):
+            fresh = None
+    if fresh is not None or denominator != "previous" or step == 1:
         if clipped_grad is None:
-            raise ValueError("the 'current' Adam denominator needs the clipped batch gradient")
+            raise ValueError("this Adam linearization needs the clipped batch gradient (needs_gradient() is True)")
         grad = clipped_grad if (decoupled or wd == 0) else clipped_grad + wd * p
         v_t = exp_avg_sq * beta2 + (1 - beta2) * grad * grad
-        precond = v_t.sqrt_().div_((1 - beta2**step) ** 0.5).add_(eps).reciprocal_()
+        current = v_t.sqrt_().div_((1 - beta2**step) ** 0.5).add_(eps).reciprocal_()
+        precond = current if fresh is None else torch.where(fresh, current, precond)
     step_size = lr / bc1
     return Linearization(
         lr,
