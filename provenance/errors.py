@@ -47,3 +47,7 @@ class EvidenceIndexError(ProvenanceError):
 
 class TokenizerError(ProvenanceError):
     """A tokenizer file is missing, unreadable or lacks the <|endoftext|> token."""
+
+
+class ReportError(ProvenanceError):
+    """A report cannot be built: a bad option, an unreadable target list, or no usable font."""

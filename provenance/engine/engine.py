@@ -111,7 +111,6 @@ class AttributionEngine:
         # Parameters whose batch gradient the engine forms itself (every use must be able to).
         self._owned = [p for p, uses in self._uses if all(u.rule.owns_grad(u.pname) for u in uses)]
         self._owned_ids = {id(p) for p in self._owned}
-        self._groups = {id(p): group for group in optimizer.param_groups for p in group["params"]}
         self._state: _StepState | None = None
         self.routes: dict[str, str] = {}
 
@@ -182,6 +181,9 @@ class AttributionEngine:
 
         dtype = self._value_dtype()
         k = self._num_targets
+        # Read the optimizer's groups now, not at construction: load_state_dict() replaces the group dicts
+        # (a cached copy would carry a stale learning rate into the values).
+        self._groups = {id(p): group for group in self.optimizer.param_groups for p in group["params"]}
         offsets = [0]
         for size in sizes:
             offsets.append(offsets[-1] + size)

@@ -1,4 +1,9 @@
-"""Typed query results shared by the CLI, the app and the PDF reports (one definition, no copies)."""
+"""Typed query results shared by the CLI, the app and the PDF reports (one definition, no copies).
+
+Character offsets (``*_start_char`` / ``*_end_char``) on the output side refer to ``QueryResult.text``
+(the query text after control characters were removed and, for very long texts, after truncation); on the
+document side they refer to the document's ``text`` in corpus.parquet. Spans are counted in words.
+"""
 
 from __future__ import annotations
 
@@ -52,6 +57,9 @@ class Evidence:
     best_passage: PassagePair | None = None
     spans: tuple[VerbatimSpan, ...] = ()
     aligned_sentences: tuple[PassagePair, ...] = ()
+    score: float = 0.0  # calibrated paraphrase score in [0, 1] (logistic over the features below)
+    overlap: float = 0.0  # fraction of the output's distinct content words found in the best passage
+    n_output_words: int = 0  # words of the output the spans and coverage are counted against
 
 
 @dataclass(frozen=True)
@@ -95,3 +103,22 @@ class QueryResult:
     notes: tuple[str, ...] = field(default_factory=tuple)
     share_definition: str = SHARE_DEFINITION
     value_definition: str = VALUE_DEFINITION
+    embedder: str | None = None  # name of the sentence embedder behind the similarities
+    latency_seconds: float | None = None  # time of the query itself (index already loaded)
+
+
+@dataclass(frozen=True)
+class IndexInfo:
+    """What `provenance index` built (or found up to date) in <run>/evidence/."""
+
+    run_id: str
+    path: str  # the evidence folder
+    n_documents: int
+    n_passages: int
+    embedder: str
+    embedder_sha256: str
+    corpus_sha256: str
+    index_type: str  # "flat-ip" (exact) or "hnsw-ip" (approximate)
+    recall_at_10: float | None  # approximate index only: recall@10 against the exact search
+    seconds: float
+    up_to_date: bool = False  # True when an existing index matched and nothing was rebuilt

@@ -182,3 +182,34 @@ def test_unsupported_optimizer(make) -> None:
     with pytest.raises(UnsupportedOptimizerError) as caught:
         AttributionEngine(model, optimizer, EngineConfig(), task=CausalLMTask())
     assert type(optimizer).__name__ in str(caught.value) or "amsgrad" in str(caught.value)
+
+
+def test_values_follow_optimizer_state_loaded_after_construction() -> None:
+    """load_state_dict() replaces the optimizer's param-group dicts; the engine must read the live ones."""
+    import copy
+
+    from provenance.engine import AttributionEngine, EngineConfig, LMBatch
+
+    torch.manual_seed(0)
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(vocab_size=50, n_positions=16, n_embd=16, n_layer=1, n_head=2,
+                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0)
+    ids = torch.randint(1, 50, (3, 12), generator=torch.Generator().manual_seed(1))
+    batch = LMBatch(ids, torch.ones_like(ids), ids.clone())
+    targets = LMBatch(ids[:1], torch.ones_like(ids[:1]), ids[:1].clone())
+
+    def values(lr_in_loaded_state: float) -> torch.Tensor:
+        model = GPT2LMHeadModel(config).double()
+        model.load_state_dict(reference_weights)
+        optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+        engine = AttributionEngine(model, optimizer, EngineConfig(max_grad_norm=None))
+        engine.set_targets(targets)
+        state = copy.deepcopy(optimizer.state_dict())
+        state["param_groups"][0]["lr"] = lr_in_loaded_state
+        optimizer.load_state_dict(state)  # after the engine was built
+        return engine.step(batch).values_first
+
+    reference_weights = GPT2LMHeadModel(config).double().state_dict()
+    small, large = values(0.01), values(0.02)
+    assert torch.allclose(large, 2 * small, rtol=1e-9, atol=0.0)

@@ -1,0 +1,126 @@
+"""Settings of a training run with attribution: frozen dataclasses, written whole into the manifest.
+
+Defaults mirror the GPT-2/GPT-3 pretraining recipe the In-Run Data Shapley paper uses (AdamW,
+lr 6e-4 decaying to 6e-5 with warmup + cosine, weight decay 0.1, betas 0.9/0.95, clipping at 1.0),
+scaled down to a model that trains on a CPU in minutes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from provenance.errors import ProvenanceError
+
+
+class ConfigError(ProvenanceError, ValueError):
+    """A setting is out of range; the message names it and the allowed values."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """GPT-2 architecture, built from scratch (no download)."""
+
+    n_layer: int = 4  # transformer blocks
+    n_head: int = 4  # attention heads (n_embd must be divisible by it)
+    n_embd: int = 128  # width of the residual stream
+    context_length: int = 128  # tokens per training sequence (= chunk length)
+    attn_implementation: str = "eager"  # eager attention: deterministic on CPU and double-backward safe
+
+    def check(self) -> None:
+        for name in ("n_layer", "n_head", "n_embd", "context_length"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"model.{name} must be >= 1 (got {getattr(self, name)})")
+        if self.n_embd % self.n_head:
+            raise ConfigError(
+                f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head})"
+            )
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimizer, schedule, batch and checkpointing. One step = one AdamW update."""
+
+    steps: int = 300  # optimizer steps
+    batch_size: int = 16  # players (chunks) per optimizer step
+    micro_batch_size: int = 16  # rows per forward pass; batch_size must be a multiple of it
+    lr: float = 6e-4  # peak learning rate
+    min_lr: float = 6e-5  # learning rate at the end of the cosine decay
+    warmup_steps: int = 20  # linear warmup from lr/warmup_steps to lr
+    weight_decay: float = 0.1  # decoupled (AdamW) decay, on matrices only (not biases/LayerNorm)
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    max_grad_norm: float = 1.0  # global gradient-norm clipping (0 = off)
+    seed: int = 0  # seeds the weights' init and the data order
+    checkpoint_every: int = 100  # save model + optimizer + RNG + data cursor every N steps
+    tokenizer_vocab_size: int = 4096  # when a BPE tokenizer is trained on the corpus
+
+    def check(self) -> None:
+        if self.steps < 1:
+            raise ConfigError(f"train.steps must be >= 1 (got {self.steps})")
+        if self.batch_size < 1 or self.micro_batch_size < 1:
+            raise ConfigError("train.batch_size and train.micro_batch_size must be >= 1")
+        if self.batch_size % self.micro_batch_size:
+            raise ConfigError(
+                f"train.batch_size ({self.batch_size}) must be a multiple of "
+                f"train.micro_batch_size ({self.micro_batch_size})"
+            )
+        if not (0 < self.min_lr <= self.lr):
+            raise ConfigError(f"need 0 < min_lr <= lr (got min_lr={self.min_lr}, lr={self.lr})")
+        if self.warmup_steps < 0 or self.checkpoint_every < 1:
+            raise ConfigError("train.warmup_steps must be >= 0 and train.checkpoint_every >= 1")
+        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
+            raise ConfigError("train.beta1 and train.beta2 must lie in [0, 1)")
+        if self.max_grad_norm < 0 or self.weight_decay < 0:
+            raise ConfigError("train.max_grad_norm and train.weight_decay must be >= 0")
+
+
+@dataclass(frozen=True)
+class AttributionConfig:
+    """What the engine computes at each step."""
+
+    order: int = 1  # 1 = first-order In-Run Data Shapley, 2 = with the Hessian term
+    loss_reduction: str = "token_mean"  # the training loss is the mean over all tokens of the step
+
+    def check(self) -> None:
+        if self.order not in (1, 2):
+            raise ConfigError(f"attribution.order must be 1 or 2 (got {self.order})")
+        if self.loss_reduction != "token_mean":
+            raise ConfigError(
+                f"attribution.loss_reduction {self.loss_reduction!r} is not supported; use 'token_mean'"
+            )
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that defines a run; replay and resume refuse a run whose RunConfig differs."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    attribution: AttributionConfig = field(default_factory=AttributionConfig)
+
+    def check(self) -> RunConfig:
+        self.model.check()
+        self.train.check()
+        self.attribution.check()
+        return self
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RunConfig:
+        """Inverse of to_json; unknown keys are refused (they come from another version)."""
+        parts = {}
+        for f, kind in (("model", ModelConfig), ("train", TrainConfig), ("attribution", AttributionConfig)):
+            section = dict(data.get(f, {}))
+            known = {x.name for x in fields(kind)}
+            unknown = sorted(set(section) - known)
+            if unknown:
+                raise ConfigError(
+                    f"config.{f} has settings this version does not know: {unknown}; upgrade provenance"
+                )
+            parts[f] = kind(**section)
+        return cls(**parts)
+
