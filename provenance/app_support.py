@@ -242,22 +242,24 @@ def chunk_char_ranges(text: str, chunks: pd.DataFrame, tokenizer: Any) -> list[t
 # -- charts' data ----------------------------------------------------------------------------------------
 def value_histogram(values: Sequence[float], bins: int = 40) -> pd.DataFrame:
     """Histogram of a target's values with zero as a bin edge, so negative and positive values never
-    share a bar: columns start, end, count, sign ('negative' / 'positive' / 'zero')."""
+    share a bar: columns start, end, count, sign ('negative' / 'zero' / 'positive'). Values of exactly
+    zero (documents never trained on, for instance) get their own bar, centred on 0 and one bin wide
+    (a zero-width bar would not show)."""
     array = np.asarray(values, dtype=np.float64)
     array = array[np.isfinite(array)]
     if array.size == 0:
         return pd.DataFrame({"start": [], "end": [], "count": [], "sign": []})
-    low, high = float(array.min()), float(array.max())
-    zero = int(np.sum(array == 0.0))
+    low, high = min(float(array.min()), 0.0), max(float(array.max()), 0.0)
+    width = (high - low) / bins or 1.0
     parts = []
     for sign, part, lo, hi in (("negative", array[array < 0], low, 0.0), ("positive", array[array > 0], 0.0, high)):
         if part.size == 0:
             continue
-        share = max(1, round(bins * (hi - lo) / ((high - low) or 1.0)))
-        counts, edges = np.histogram(part, bins=share, range=(lo, hi))
+        counts, edges = np.histogram(part, bins=max(1, round((hi - lo) / width)), range=(lo, hi))
         parts.append(pd.DataFrame({"start": edges[:-1], "end": edges[1:], "count": counts, "sign": sign}))
+    zero = int(np.sum(array == 0.0))
     if zero:
-        parts.append(pd.DataFrame({"start": [0.0], "end": [0.0], "count": [zero], "sign": ["zero"]}))
+        parts.append(pd.DataFrame({"start": [-width / 2], "end": [width / 2], "count": [zero], "sign": ["zero"]}))
     frame = pd.concat(parts, ignore_index=True)
     return frame[frame["count"] > 0].reset_index(drop=True)
 

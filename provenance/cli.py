@@ -270,10 +270,12 @@ def _print_top(values, target_id: str, top: int) -> None:
 
 
 def _register_other_commands() -> None:
-    """Commands owned by other subpackages (evidence: `index`, `query`) plug into the same app."""
-    from provenance.evidence.commands import register
+    """Commands owned by other subpackages (evidence: `index`, `query`; report: `report`) plug in here."""
+    from provenance.evidence.commands import register as register_evidence
+    from provenance.report.commands import register as register_report
 
-    register(app)
+    register_evidence(app)
+    register_report(app)
 
 
 _register_other_commands()

@@ -16,6 +16,7 @@ if [ "$dev" = 1 ] && command -v apt-get >/dev/null 2>&1; then
   command -v chromium >/dev/null 2>&1 || need="$need chromium"
   command -v pdftotext >/dev/null 2>&1 || need="$need poppler-utils"
   [ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need="$need fonts-dejavu-core"
+  dpkg -s fonts-wqy-microhei >/dev/null 2>&1 || need="$need fonts-wqy-microhei"  # CJK glyphs in PDF reports
   if [ -n "$need" ]; then
     echo "[install] apt packages:$need"
     $SUDO apt-get update -qq

@@ -20,7 +20,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from provenance.errors import RunDirectoryError, TargetError
+from provenance.errors import EvidenceIndexError, RunDirectoryError, TargetError
 from provenance.evidence.assess import DocumentView, PreparedOutput, align_many, align_sentences, assess, prepare_output
 from provenance.evidence.encoder import Encoder, load_encoder
 from provenance.evidence.index import EvidenceIndex, load_index
@@ -61,6 +61,10 @@ def query(
     index = index if index is not None else load_index(run_dir)
     started = time.perf_counter()
     run = index.run
+    if Path(run_dir).resolve() != run.path.resolve():
+        raise EvidenceIndexError(
+            f"the index passed belongs to run {run.path}, not {run_dir}; load it with load_index({str(run_dir)!r})"
+        )
     targets = _read_optional(run.targets_path, "targets")
     notes: list[str] = []
 
@@ -317,6 +321,11 @@ def _with_alignment(rows: list[RankedDocument], text: str, encoder: Encoder, ali
     for i, pairs in zip(chosen, aligned):
         out[i] = replace(out[i], evidence=replace(out[i].evidence, aligned_sentences=pairs))
     return out
+
+
+def ledger_summary(run, target_id: str) -> LedgerSummary | None:
+    """Public: the ledger summary of one target (``run``: a provenance.store RunDirectory)."""
+    return _ledger_summary(run, target_id)
 
 
 def _ledger_summary(run, target_id: str) -> LedgerSummary | None:

@@ -362,9 +362,9 @@ def _rows_without_index(
 
 
 def _ledger(context: RunContext, target_id: str):
-    from provenance.evidence.answer import _ledger_summary  # the evidence layer owns this arithmetic
+    from provenance.evidence.answer import ledger_summary  # the evidence layer owns this arithmetic
 
-    return _ledger_summary(context.run, target_id)
+    return ledger_summary(context.run, target_id)
 
 
 def _read_target_rows(path: Path, target_id: str, columns: list[str], extra: list | None = None) -> pd.DataFrame:

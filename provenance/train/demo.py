@@ -48,10 +48,13 @@ def run_demo(
     echo: Callable[[str], None] = print,
     top: int = 3,
     threads: int = DEMO_THREADS,
+    reports_dir: str | Path | None = "reports",
 ) -> pd.DataFrame:
     """Train the demo run (replacing an earlier demo run) and print the planted cases.
 
-    Returns one row per demo target: target_id, kind, source_doc_id, rank of the source (or None).
+    Then (unless reports_dir is None) builds the evidence index and writes one PDF report per target
+    plus a batch summary, so the demo runs the whole flow. Returns one row per demo target: target_id,
+    kind, source_doc_id, rank of the source (or None).
     """
     from provenance.data import load_demo_corpus, load_demo_targets
 
@@ -84,6 +87,15 @@ def run_demo(
         summary.append({"target_id": row["id"], "kind": row["kind"], "source_doc_id": source, "rank": rank})
     echo("\n[demo] value = decrease of the target's loss (nats per output token) caused by training on the "
          "document; share = value / sum of the positive values for that target")
+    if reports_dir is not None:
+        from provenance.evidence import build_index
+        from provenance.report import write_reports
+
+        echo("\n[demo] evidence index: passages -> MiniLM embeddings -> FAISS, plus verbatim span matching")
+        build_index(run.path, progress=progress)
+        batch = write_reports(run.path, [r["id"] for r in rows], Path(reports_dir) / DEMO_RUN_ID, progress=progress)
+        echo(f"[demo] PDF reports ({len(batch.reports)} + summary): {Path(reports_dir) / DEMO_RUN_ID}/")
+        echo(f"[demo] the app: streamlit run app.py   (pick run '{DEMO_RUN_ID}')")
     echo(f"[demo] total time {time.perf_counter() - started:.0f} s")
     for item in summary:
         echo(f"target {item['target_id']}: source {item['source_doc_id'] or '-'} rank "

@@ -64,6 +64,10 @@ def test_value_histogram_keeps_signs_apart_and_counts_everything():
     assert by_sign == {"negative": 3, "zero": 2, "positive": 4}
     assert (hist[hist["sign"] == "negative"]["end"] <= 0).all()
     assert (hist[hist["sign"] == "positive"]["start"] >= 0).all()
+    zero = hist[hist["sign"] == "zero"].iloc[0]
+    assert zero["start"] < 0 < zero["end"]  # a visible bar around 0
+    only_positive = sup.value_histogram([1.0, 2.0, 3.0], bins=4)
+    assert set(only_positive["sign"]) == {"positive"} and only_positive["count"].sum() == 3
 
 
 def test_filter_table():

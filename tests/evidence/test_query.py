@@ -119,6 +119,11 @@ def test_unknown_target_and_argument_errors(indexed_run, loaded_index):
         query(indexed_run, text="bread", top_k=0, index=loaded_index)
 
 
+def test_index_of_another_run_is_refused(tmp_path, loaded_index):
+    with pytest.raises(EvidenceIndexError, match="belongs to run"):
+        query(tmp_path / "other-run", text="bread", index=loaded_index)
+
+
 def test_query_without_index_names_the_fix(tmp_path):
     from .fixture_run import write_run
 
