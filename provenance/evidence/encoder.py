@@ -119,6 +119,13 @@ def load_encoder(path: str | None = None) -> Encoder:
                 f"to use the bundled {DEFAULT_EMBEDDER}"
             )
     from sentence_transformers import SentenceTransformer
+    from transformers.utils import logging as hf_logging
 
-    model = SentenceTransformer(str(folder), device="cpu", local_files_only=True)
+    bar_was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # no "Loading weights" bar in the CLI's output
+    try:
+        model = SentenceTransformer(str(folder), device="cpu", local_files_only=True)
+    finally:
+        if bar_was_on:
+            hf_logging.enable_progress_bar()
     return Encoder(name=name, path=folder, sha256=hash_model_dir(folder), model=model)
