@@ -5,7 +5,7 @@
     python bench/engine.py --quick    # a small model, under a minute, for regression checks
     python bench/engine.py --json     # one JSON line
 
-Peak memory is measured per configuration in a fresh subprocess (ru_maxrss after two steps), because a
+Peak memory is measured per configuration in a fresh subprocess (VmHWM after two steps), because a
 process's peak cannot be reset between configurations; "step memory" subtracts the RSS after imports and
 model build, i.e. what training itself adds.
 """
@@ -130,13 +130,16 @@ def torch_func_step(model, opt, batch, targets):
 
 
 def peak_memory_mb(size_name: str, mode: str, optimizer: str) -> tuple[float, float]:
-    """(peak RSS of a fresh process doing two steps, RSS after imports and model build) in MB."""
+    """(peak RSS of a fresh process doing two steps, RSS after imports and model build) in MB.
+
+    Peak = VmHWM of the child's own address space: ru_maxrss would carry over the parent's RSS at fork."""
     code = (
         "import sys, resource; sys.argv=['x']; sys.path.insert(0, %r); import engine as b; "
         "r=b.Runner(b.SIZES[%r], %r, %r); "
+        "hwm=lambda: int([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]); "
         "base=int(open('/proc/self/statm').read().split()[1])*resource.getpagesize()/1024; "
         "r.step(); r.step(); "
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, base)"
+        "print(hwm(), base)"
     ) % (os.path.dirname(os.path.abspath(__file__)), size_name, mode, optimizer)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     peak_kb, base_kb = out.stdout.strip().splitlines()[-1].split()
