@@ -17,10 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 
-from provenance.errors import EvidenceIndexError, RunDirectoryError, TargetError
+from provenance.errors import EvidenceIndexError, TargetError
 from provenance.evidence.assess import DocumentView, PreparedOutput, align_many, align_sentences, assess, prepare_output
 from provenance.evidence.encoder import Encoder, load_encoder
 from provenance.evidence.index import EvidenceIndex, load_index
@@ -28,7 +26,7 @@ from provenance.evidence.labels import LABEL_ORDER, Thresholds, load_thresholds
 from provenance.evidence.passages import PassageParams, split_passages
 from provenance.evidence.schema import Evidence, LedgerSummary, QueryResult, RankedDocument
 from provenance.evidence.text import has_text, strip_non_text, truncate, words
-from provenance.store.tables import SCHEMAS, read_table
+from provenance.store.tables import read_table
 
 MAX_QUERY_CHARS = 20_000  # longer texts are truncated (noted in the result): an output, not a book
 DENSE_PASSAGES = 200  # passages fetched from FAISS per output window
@@ -198,14 +196,7 @@ def _read_for_target(path: Path, name: str, target_id: str) -> pd.DataFrame | No
     """The rows of one target only (values and ledger hold every target: read with a filter)."""
     if not path.is_file():
         return None
-    try:
-        table = pq.read_table(path, filters=[("target_id", "=", target_id)])
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise RunDirectoryError(f"{path} is not a readable parquet file ({exc}); the run is corrupt") from exc
-    missing = [c for c in SCHEMAS[name].names if c not in table.column_names]
-    if missing:
-        raise RunDirectoryError(f"{path} lacks columns {missing}; the run is corrupt")
-    return table.to_pandas()
+    return read_table(path, name, filters=[("target_id", "=", target_id)])
 
 
 def _target_values(run, target_id: str) -> pd.DataFrame | None:

@@ -118,12 +118,13 @@ def write_table(path: str | Path, frame: pd.DataFrame, name: str) -> Path:
     return atomic.write_parquet(path, conform(frame, name), schema=SCHEMAS[name])
 
 
-def read_table(path: str | Path, name: str) -> pd.DataFrame:
+def read_table(path: str | Path, name: str, filters: list | None = None) -> pd.DataFrame:
+    """Read a run table, checking its columns; `filters` (pyarrow syntax) reads only matching rows."""
     path = Path(path)
     if not path.is_file():
         raise RunDirectoryError(f"{path} is missing; the run is incomplete or was moved")
     try:
-        table = pq.read_table(path)
+        table = pq.read_table(path, filters=filters)
     except (pa.ArrowInvalid, OSError) as exc:
         raise RunDirectoryError(f"{path} is not a readable parquet file ({exc}); the run is corrupt") from exc
     missing = [c for c in SCHEMAS[name].names if c not in table.column_names]
