@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -91,7 +91,12 @@ class AttributionEngine:
         optimizer: torch.optim.Optimizer,
         config: EngineConfig | None = None,
         task: Task | None = None,
+        process_group: Any = None,
     ):
+        """process_group: a torch.distributed group (or `True` for the default group) when each rank trains
+        its own shard of the global batch: the loss is scaled by the global token (row) count, gradients are
+        summed across ranks before clipping, and each rank returns the values of its own rows. Do not also
+        wrap the model in DistributedDataParallel (the engine forms most weight gradients itself)."""
         self.model = model
         self.optimizer = optimizer
         self.config = config or EngineConfig()
@@ -113,6 +118,8 @@ class AttributionEngine:
         self._owned_ids = {id(p) for p in self._owned}
         self._state: _StepState | None = None
         self.routes: dict[str, str] = {}
+        self._observers: list[Callable[[Record, int, int], None]] = []
+        self._group = _resolve_group(process_group)
 
     # -- setup -------------------------------------------------------------------------------------
     def _parameter_uses(self) -> list[tuple[nn.Parameter, list[_Use]]]:
@@ -145,6 +152,14 @@ class AttributionEngine:
             self.task.check_targets(self.model, targets)
         self._targets, self._num_targets = targets, k
 
+    def add_observer(self, observer: Callable[[Record, int, int], None]) -> Callable[[], None]:
+        """Call `observer(record, start, stop)` inside each training backward, once per tracked module call,
+        when its output gradient is ready: record.saved / record.grad (the gradient of the step's scaled loss,
+        before clipping) belong to rows start..stop of the step. For sketches of per-row gradients (e.g.
+        projected gradients) at no extra backward. Returns a function that removes the observer."""
+        self._observers.append(observer)
+        return lambda: self._observers.remove(observer) if observer in self._observers else None
+
     @property
     def num_targets(self) -> int:
         return self._num_targets
@@ -174,6 +189,10 @@ class AttributionEngine:
         weights = [self.task.row_weights(mb) for mb in micro_batches]
         total_weight = int(sum(int(w.sum()) for w in weights))
         total_rows = sum(sizes)
+        # Rows of this rank; the loss is scaled by the global counts (= sums over ranks).
+        local_rows = total_rows
+        if self._group is not None:
+            total_weight, total_rows = _all_reduce_ints([total_weight, total_rows], self._group)
         if total_weight == 0:
             raise BatchError("the batch has no tokens carrying loss (all labels are -100)")
         if self.config.loss_reduction == "sample_mean" and any(bool((w == 0).any()) for w in weights):
@@ -204,7 +223,7 @@ class AttributionEngine:
         deferred = [p for p, _ in self._uses if k and id(p) in self._groups and id(p) not in pre]
         if pre:
             state.pre = pre
-            state.values = torch.zeros(total_rows, k, dtype=dtype)
+            state.values = torch.zeros(local_rows, k, dtype=dtype)
             state.history = torch.zeros(k, dtype=dtype)
         self._state = state
         self.routes = {}
@@ -243,10 +262,12 @@ class AttributionEngine:
                 p.requires_grad_(True)
             self._state = None
 
+        if self._group is not None:
+            step_loss = _all_reduce_grads(self.optimizer, step_loss, self._group)
         params = [p for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
         grad_norm, clip = self._clip(params)
 
-        values_first = torch.zeros(total_rows, k, dtype=dtype)
+        values_first = torch.zeros(local_rows, k, dtype=dtype)
         values_second = values_first.clone() if self.config.order == 2 else None
         per_token, history = None, torch.zeros(k, dtype=dtype)
         if pre:
@@ -300,6 +321,8 @@ class AttributionEngine:
             if contrib is not None:
                 state.values[start:stop] += contrib
                 self.routes[f"{use.module_name}.{use.pname}"] = route
+        for observer in self._observers:
+            observer(record, start, stop)
 
     def _target_gradient(self, p: nn.Parameter, records: dict[str, list[Record]], dtype) -> torch.Tensor:
         """Each target's gradient for one parameter, summed over the parameter's uses: (K, *shape)."""
@@ -439,6 +462,54 @@ class AttributionEngine:
         if per_token is not None:
             per_token = per_token[:, :, :k] + per_token[:, :, k:] if order2 else per_token
         return values_first, values_second, per_token, history
+
+
+def _resolve_group(process_group: Any) -> Any:
+    """None (one process), or the group whose ranks share each step's batch."""
+    if process_group is None or process_group is False:
+        return None
+    import torch.distributed as dist
+
+    if not dist.is_available() or not dist.is_initialized():
+        raise RuntimeError(
+            "AttributionEngine(process_group=...) needs torch.distributed initialized first "
+            "(torch.distributed.init_process_group, e.g. under torchrun)"
+        )
+    return dist.group.WORLD if process_group is True else process_group
+
+
+def _all_reduce_ints(numbers: list[int], group: Any) -> list[int]:
+    import torch.distributed as dist
+
+    tensor = torch.tensor(numbers, dtype=torch.int64)
+    dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=group)
+    return [int(x) for x in tensor.tolist()]
+
+
+def _all_reduce_grads(optimizer: torch.optim.Optimizer, step_loss: float, group: Any) -> float:
+    """Sum every parameter's gradient (and the step's loss) over the ranks, so clipping, the optimizer
+    step and the values' directions all see the global batch. A parameter keeps grad None only if it
+    has none on every rank (Adam skips such parameters; a zero gradient would still move them)."""
+    import torch.distributed as dist
+
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    present = torch.tensor([0 if p.grad is None else 1 for p in params] + [0], dtype=torch.float64)
+    present[-1] = step_loss
+    dist.all_reduce(present, op=dist.ReduceOp.SUM, group=group)
+    grads = []
+    for p, flag in zip(params, present[:-1].tolist()):
+        if flag > 0:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            grads.append(p.grad)
+    if grads:
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset : offset + g.numel()].view_as(g))
+            offset += g.numel()
+    return float(present[-1])
 
 
 def _grow(current, rows, tokens, cols, dtype):
