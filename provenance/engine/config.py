@@ -20,6 +20,19 @@ class EngineConfig:
     per_token: also return values split over the training tokens of each row.
     value_dtype: dtype of the value computation; None = float64 for float64 models, else float32.
     memory_budget_mb: cap on transient per-player gradient blocks (the per-player route).
+    keep_rows_mb: cap on per-row gradients kept from backward for values taken after it (second order,
+        Adam "current", many targets): within it, the per-row blocks that form the batch gradient anyway are
+        kept ("stored" route: no extra matmul, memory rows x parameters); above it, they are re-derived
+        after backward from kept activations (one more batched matmul per weight). 0 = never keep.
+    weight_gradients: how the batch gradient of matmul weights and embeddings is formed.
+        "per_row": by the engine from per-row blocks (a batched matmul of the same multiply-adds, then
+            summed), so per-row gradients come at no extra matmul: the fast choice for Adam (whose
+            preconditioner rules out pairwise dots) and for many targets.
+        "matmul": by autograd's single matmul; SGD values then use pairwise ("ghost") dots,
+            sum_{n,s} (a_n . a_s)(b_n . b_s), which never form a per-row gradient: the fast choice for SGD with
+            few targets (per-row blocks are re-derived only where a cost model finds it cheaper).
+        "auto" (default): "matmul" for SGD, "per_row" for Adam/AdamW. The choice fixes the floating-point
+            summation order of training, so replays of a run must use the same one (the run records it).
     adam_denominator: which Adam second moment defines the fixed-state linearization.
         "current" (default): the denominator the optimizer really applies in this step (v_t includes this
             batch). Then h + sum_i d_i is exactly the real update and the ledger closes; values track real
@@ -36,6 +49,8 @@ class EngineConfig:
     per_token: bool = False
     value_dtype: torch.dtype | None = None
     memory_budget_mb: float = 256.0
+    keep_rows_mb: float = 4096.0
+    weight_gradients: Literal["auto", "per_row", "matmul"] = "auto"
     adam_denominator: Literal["current", "previous"] = "current"
 
     def __post_init__(self) -> None:
@@ -53,6 +68,12 @@ class EngineConfig:
             )
         if self.memory_budget_mb <= 0:
             raise ValueError("EngineConfig.memory_budget_mb must be > 0")
+        if self.weight_gradients not in ("auto", "per_row", "matmul"):
+            raise ValueError(
+                f"EngineConfig.weight_gradients must be 'auto', 'per_row' or 'matmul', got {self.weight_gradients!r}"
+            )
+        if not self.keep_rows_mb >= 0:
+            raise ValueError("EngineConfig.keep_rows_mb must be >= 0")
 
     def to_json(self) -> dict:
         """Plain-JSON form for run manifests."""
@@ -63,5 +84,7 @@ class EngineConfig:
             "per_token": self.per_token,
             "value_dtype": None if self.value_dtype is None else str(self.value_dtype).removeprefix("torch."),
             "memory_budget_mb": self.memory_budget_mb,
+            "keep_rows_mb": self.keep_rows_mb,
+            "weight_gradients": self.weight_gradients,
             "adam_denominator": self.adam_denominator,
         }

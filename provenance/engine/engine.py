@@ -76,7 +76,10 @@ class _StepState:
     history: torch.Tensor | None = None
     pre: dict[int, Linearization] | None = None  # linearization known before backward
     target_records: dict[str, list[Record]] = field(default_factory=dict)
-    history_done: set[int] = field(default_factory=set)
+    directions: dict[int, torch.Tensor] = field(default_factory=dict)  # backward route: z per parameter
+    cross: dict[tuple[int, str], torch.Tensor | None] = field(default_factory=dict)  # ghost: other uses' z
+    stored: set[tuple[str, str]] = field(default_factory=set)  # (module, param) uses on the stored route
+    row_grads: dict[tuple[str, str, int], list[torch.Tensor]] = field(default_factory=dict)  # per call
 
 
 class AttributionEngine:
@@ -114,7 +117,13 @@ class AttributionEngine:
             for use in uses:
                 self._uses_by_module.setdefault(use.module_name, []).append((p, use))
         # Parameters whose batch gradient the engine forms itself (every use must be able to).
-        self._owned = [p for p, uses in self._uses if all(u.rule.owns_grad(u.pname) for u in uses)]
+        mode = self.config.weight_gradients
+        if mode == "auto":
+            mode = "matmul" if isinstance(optimizer, torch.optim.SGD) else "per_row"
+        self.weight_gradients = mode
+        self._owned = (
+            [p for p, uses in self._uses if all(u.rule.owns_grad(u.pname) for u in uses)] if mode == "per_row" else []
+        )
         self._owned_ids = {id(p) for p in self._owned}
         self._state: _StepState | None = None
         self.routes: dict[str, str] = {}
@@ -221,6 +230,8 @@ class AttributionEngine:
                 if group is not None and not needs_gradient(self.optimizer, p, self.config.adam_denominator):
                     pre[id(p)] = linearize(self.optimizer, p, group, None, self.config.adam_denominator)
         deferred = [p for p, _ in self._uses if k and id(p) in self._groups and id(p) not in pre]
+        if deferred and not self.config.per_token:
+            state.stored = self._stored_uses(deferred, total_rows if self._group is None else local_rows)
         if pre:
             state.pre = pre
             state.values = torch.zeros(local_rows, k, dtype=dtype)
@@ -233,7 +244,12 @@ class AttributionEngine:
         self.optimizer.zero_grad(set_to_none=True)
         train_store = CaptureStore(
             keep=bool(deferred),
-            keep_only={use.module_name for p in deferred for use in self._uses_of[id(p)]},
+            keep_only={
+                use.module_name
+                for p in deferred
+                for use in self._uses_of[id(p)]
+                if (use.module_name, use.pname) not in state.stored
+            },
             on_grad=self._on_train_grad,
         )
         step_loss = 0.0
@@ -307,6 +323,9 @@ class AttributionEngine:
             return
         start, stop = state.offsets[record.micro_batch], state.offsets[record.micro_batch + 1]
         for p, use in self._uses_by_module.get(record.module_name, []):
+            if (use.module_name, use.pname) in state.stored:
+                self._keep_rows(p, use, record, state)
+                continue
             z = None
             if state.pre is not None and id(p) in state.pre:
                 z = self._direction(p, state)
@@ -315,7 +334,7 @@ class AttributionEngine:
                 p.grad = total if p.grad is None else p.grad + total
                 route = "backward"
             elif z is not None:
-                contrib, route = use.rule.dot(use.module, use.pname, record.saved, record.grad, z, False, state.budget)
+                contrib, route = self._dot_in_backward(p, use, record, z, state)
             else:
                 continue
             if contrib is not None:
@@ -324,22 +343,87 @@ class AttributionEngine:
         for observer in self._observers:
             observer(record, start, stop)
 
-    def _target_gradient(self, p: nn.Parameter, records: dict[str, list[Record]], dtype) -> torch.Tensor:
-        """Each target's gradient for one parameter, summed over the parameter's uses: (K, *shape)."""
+    def _dot_in_backward(
+        self, p: nn.Parameter, use: _Use, record: Record, z: torch.Tensor, state: _StepState
+    ) -> tuple[torch.Tensor, str]:
+        """Values of a parameter whose batch gradient autograd forms: pairwise ("ghost") dots when the step's
+        direction is a scalar times the target gradient (SGD) and that is cheapest, else the rule's routes."""
+        entry = state.pre[id(p)]
+        targets = state.target_records.get(use.module_name, [])
+        ghost = getattr(use.rule, "ghost_dot", None)
+        if entry.precond is None and use.pname == "weight" and ghost is not None and targets:
+            din_dout = p.numel()
+            rows = record.saved.shape[0]
+            tokens = record.saved[0].numel() // record.saved.shape[-1]
+            ghost_cost = sum(use.rule.ghost_cost(use.module, record.saved, t.saved) for t in targets)
+            player_cost = rows * tokens * din_dout + rows * z.shape[0] * din_dout
+            if ghost_cost < player_cost:
+                contrib = sum(
+                    ghost(use.module, record.saved, record.grad, t.saved, t.grad, state.value_dtype) for t in targets
+                ) * entry.scale
+                key = (id(p), use.module_name)
+                if key not in state.cross:
+                    others = self._target_gradient(p, state.target_records, state.value_dtype, skip=use.module_name)
+                    state.cross[key] = None if others is None else entry.direction(others)
+                if state.cross[key] is not None:  # tied weights: the cross terms with the other uses
+                    cross, _ = use.rule.dot(
+                        use.module, use.pname, record.saved, record.grad, state.cross[key], False, state.budget
+                    )
+                    contrib = contrib + cross
+                return contrib, "ghost"
+        return use.rule.dot(use.module, use.pname, record.saved, record.grad, z, False, state.budget)
+
+    def _stored_uses(self, deferred: list[nn.Parameter], rows: int) -> set[tuple[str, str]]:
+        """Uses of deferred parameters whose per-row gradients are kept from backward, if all fit the cap."""
+        # Owned weights: their per-row blocks exist anyway. Others: only vectors (biases, norm scales), whose
+        # per-row gradients are cheap; a matmul weight autograd forms would need a second matmul either way.
+        uses = [
+            (use, p)
+            for p in deferred
+            for use in self._uses_of[id(p)]
+            if use.rule.keeps_rows(use.pname) and (id(p) in self._owned_ids or p.dim() <= 1)
+        ]
+        nbytes = sum(rows * p.numel() * p.element_size() for _, p in uses)
+        if not uses or nbytes > self.config.keep_rows_mb * 2**20:
+            return set()
+        return {(use.module_name, use.pname) for use, _ in uses}
+
+    def _keep_rows(self, p: nn.Parameter, use: _Use, record: Record, state: _StepState) -> None:
+        """Stored route: keep this call's per-row gradients (forming the batch gradient from them if owned)."""
+        calls = state.row_grads.setdefault((use.module_name, use.pname, record.micro_batch), [])
+        if id(p) in self._owned_ids:
+            # Fresh buffers, freed after the step like activations: a pool kept across steps would sit on
+            # top of the next forward pass's activation peak.
+            total, per_row = use.rule.grad_and_rows(use.module, use.pname, record.saved, record.grad)
+            p.grad = total if p.grad is None else p.grad + total
+        else:
+            per_row = use.rule.grads(use.module, use.pname, record.saved, record.grad, state.value_dtype)
+        calls.append(per_row)
+        self.routes[f"{use.module_name}.{use.pname}"] = "stored"
+
+    def _target_gradient(
+        self, p: nn.Parameter, records: dict[str, list[Record]], dtype, skip: str | None = None
+    ) -> torch.Tensor | None:
+        """Each target's gradient for one parameter, summed over the parameter's uses: (K, *shape).
+        With `skip`: over the other uses only, None if there are none."""
         g_v = None
         for use in self._uses_of[id(p)]:
+            if use.module_name == skip:
+                continue
             for record in records.get(use.module_name, []):
                 part = use.rule.grads(use.module, use.pname, record.saved, record.grad, dtype)
                 g_v = part if g_v is None else g_v + part
-        return torch.zeros(self._num_targets, *p.shape, dtype=dtype) if g_v is None else g_v
+        if g_v is None and skip is None:
+            return torch.zeros(self._num_targets, *p.shape, dtype=dtype)
+        return g_v
 
     def _direction(self, p: nn.Parameter, state: _StepState) -> torch.Tensor:
         """coef * g_v for the backward route (k applied later); adds -h . g_v to the history once."""
-        entry = state.pre[id(p)]
-        g_v = self._target_gradient(p, state.target_records, state.value_dtype)
-        z = entry.direction(g_v)
-        if id(p) not in state.history_done:
-            state.history_done.add(id(p))
+        z = state.directions.get(id(p))
+        if z is None:  # once per parameter and step, however many uses and micro-batches
+            entry = state.pre[id(p)]
+            g_v = self._target_gradient(p, state.target_records, state.value_dtype)
+            z = state.directions[id(p)] = entry.direction(g_v)
             state.history += entry.history_value(g_v, z)
         return z
 
@@ -443,6 +527,12 @@ class AttributionEngine:
             z = torch.cat(directions) if order2 else directions[0]
             del g_v, directions
             for use in uses:
+                if (use.module_name, use.pname) in state.stored:
+                    for mb in range(len(state.offsets) - 1):
+                        start, stop = state.offsets[mb], state.offsets[mb + 1]
+                        for per_row in state.row_grads.pop((use.module_name, use.pname, mb), []):
+                            out[start:stop] += use.rule.dot_rows(use.module, use.pname, per_row, z)
+                    continue
                 for record in train_records.get(use.module_name, []):
                     contrib, route = use.rule.dot(
                         use.module, use.pname, record.saved, record.grad, z, self.config.per_token, state.budget

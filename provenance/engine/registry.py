@@ -47,6 +47,23 @@ class LayerRule:
         """For owned parameters: (sum of the rows' gradients in the parameter's dtype, (rows, K) dots or None)."""
         raise NotImplementedError
 
+    def keeps_rows(self, pname: str) -> bool:
+        """True if this parameter's per-row gradients are small or dense enough to keep from backward to
+        the after route (the "stored" route) instead of re-deriving them from kept activations."""
+        return True
+
+    def grad_and_rows(
+        self, module: nn.Module, pname: str, saved: Any, grad: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """For owned parameters on the stored route: (the rows' gradient sum, the per-row gradients in the
+        layout `dot_rows` reads)."""
+        raise NotImplementedError
+
+    def dot_rows(self, module: nn.Module, pname: str, per_row: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """(rows, K) dots of kept per-row gradients with K target directions z (K, *param.shape)."""
+        rows = per_row.shape[0]
+        return per_row.reshape(rows, -1).to(z.dtype) @ z.reshape(z.shape[0], -1).T
+
     def dot(
         self,
         module: nn.Module,

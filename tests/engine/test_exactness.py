@@ -112,6 +112,8 @@ def run_case(
     seed: int = 0,
     warm_steps: int = WARM_STEPS,
     adam_denominator: str = "current",
+    keep_rows_mb: float = 4096.0,
+    weight_gradients: str = "auto",
 ) -> Outcome:
     build = BUILDERS[model_name]
     token_losses = token_losses_for(model_name)
@@ -122,7 +124,7 @@ def run_case(
     targets = targets_for(model_name, gen, k=3)
     config = EngineConfig(
         order=order, max_grad_norm=MAX_GRAD_NORM, loss_reduction=reduction, per_token=per_token,
-        adam_denominator=adam_denominator,
+        adam_denominator=adam_denominator, keep_rows_mb=keep_rows_mb, weight_gradients=weight_gradients,
     )
     max_gap, max_gradient_gap, left_out = 0.0, 0.0, 0
     engine_grads = GradientRecorder(model, optimizer)
@@ -216,6 +218,48 @@ def test_values_equal_brute_force(model_name: str, opt_name: str, adam_denominat
     # the second-order term must actually matter here, or the test would not tell orders apart
     gap = MatrixError.of(outcome.expected.values_first, outcome.expected.values_second).relative
     assert gap > 1e-6
+
+
+@pytest.mark.parametrize("model_name", ["gpt2", "llama", "cnn"])
+def test_recomputed_rows_route_equals_brute_force(model_name: str) -> None:
+    """keep_rows_mb=0: per-row gradients are re-derived after backward from kept activations instead of
+    kept from backward (the "stored" route the default uses); both must be exact."""
+    outcome = run_case(model_name, "adamw", keep_rows_mb=0.0)
+    check_outcome(outcome)
+    routes = set(outcome.result.routes.values())
+    assert "stored" not in routes and routes & {"player", "target"}, routes
+    stored = run_case(model_name, "adamw")
+    assert "stored" in set(stored.result.routes.values())
+    gap = MatrixError.of(stored.result.values_second, outcome.result.values_second)
+    assert gap.within(1e-10), gap
+
+
+@pytest.mark.parametrize("model_name", ["gpt2", "llama", "cnn"])
+def test_ghost_route_first_order_sgd(model_name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SGD, first order: autograd forms the weight gradients (weight_gradients="auto" -> "matmul") and the
+    values of matmul weights come from pairwise dots that never form a gradient; GPT-2's tied wte/lm_head
+    adds the cross terms between the head and the embedding use. At these tiny widths the cost model would
+    rather form per-row blocks, so the pairwise route is forced (its cost is a choice, not its result)."""
+    from provenance.engine.rules.linear import MatmulRule
+
+    monkeypatch.setattr(MatmulRule, "ghost_cost", lambda self, module, saved, target_saved: 0)
+    outcome = run_case(model_name, "sgd_momentum", order=1)
+    check_outcome(outcome, order=1)
+    routes = outcome.result.routes
+    assert "ghost" in set(routes.values()), routes
+    if model_name == "gpt2":
+        assert routes.get("lm_head.weight") == "ghost", routes
+    per_row = run_case(model_name, "sgd_momentum", order=1, weight_gradients="per_row")
+    check_outcome(per_row, order=1)
+    assert "ghost" not in set(per_row.result.routes.values())
+
+
+def test_matmul_weight_gradients_with_adam() -> None:
+    """weight_gradients="matmul" under AdamW: no pairwise route (the preconditioner forbids it); values
+    are re-derived after backward, still exact, on the tied GPT-2."""
+    outcome = run_case("gpt2", "adamw", weight_gradients="matmul")
+    check_outcome(outcome)
+    assert "ghost" not in set(outcome.result.routes.values())
 
 
 def test_gradient_accumulation_and_sample_mean() -> None:

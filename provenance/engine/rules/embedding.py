@@ -41,6 +41,9 @@ class EmbeddingRule(LayerRule):
         out.index_put_((row_index[valid], ids[valid]), b[valid], accumulate=True)
         return out
 
+    def keeps_rows(self, pname: str) -> bool:
+        return False  # a row's gradient is dense (vocab, dim) though it touches few rows: gather after instead
+
     def owns_grad(self, pname: str) -> bool:
         return True  # a scatter-add: forming it here lets tied weights (wte = lm_head) skip autograd too
 

@@ -23,6 +23,7 @@ except Exception:  # pragma: no cover
 
 
 _SCRATCH: dict[torch.dtype, torch.Tensor] = {}
+_ROW_PIECE_BYTES = 16 * 2**20
 
 
 def _scratch(dtype: torch.dtype, numel: int) -> torch.Tensor:
@@ -95,6 +96,46 @@ class MatmulRule(LayerRule):
             total = total.T
         return total.reshape(weight.shape), out
 
+    def grad_and_rows(self, module, pname, saved, grad):
+        a, b = self.factors(module, saved, grad)
+        weight = module.weight
+        a, b = a.to(weight.dtype), b.to(weight.dtype)
+        rows, _, din = a.shape
+        dout = b.shape[2]
+        # Kept in pieces of a few rows: pieces this size reuse the heap memory that backward frees from
+        # activations, where one (rows, dout, din) block would be a fresh mapping on top of it.
+        step = max(1, _ROW_PIECE_BYTES // (dout * din * weight.element_size()))
+        pieces = [torch.bmm(b[i : i + step].transpose(1, 2), a[i : i + step]) for i in range(0, rows, step)]
+        total = pieces[0].sum(dim=0)
+        for piece in pieces[1:]:
+            total += piece.sum(dim=0)
+        if self.transposed:
+            total = total.T
+        return total.reshape(weight.shape), pieces
+
+    def dot_rows(self, module, pname, per_row, z):
+        if pname == "bias":
+            return super().dot_rows(module, pname, per_row, z)
+        flat_z = self._weight_view(module, z).reshape(z.shape[0], -1).T
+        return torch.cat([piece.reshape(piece.shape[0], -1).to(z.dtype) @ flat_z for piece in per_row])
+
+    def ghost_cost(self, module, saved, target_saved) -> int:
+        """Multiply-adds of `ghost_dot` for one training call against one target call."""
+        rows, tokens = saved.shape[0], saved[0].numel() // saved.shape[-1]
+        din, dout = _in_out(module)
+        return rows * tokens * target_saved[0].numel() // target_saved.shape[-1] * target_saved.shape[0] * (din + dout)
+
+    def ghost_dot(self, module, saved, grad, target_saved, target_grad, dtype):
+        """Pairwise ("ghost") dots of per-row weight gradients with each target's weight gradient, neither
+        ever formed: g_r . G_k = sum_{n,s} (a_rn . a_ks)(b_rn . b_ks). (rows, K)."""
+        a, b = self.factors(module, saved, grad)
+        av, bv = self.factors(module, target_saved, target_grad)
+        rows, n, din = a.shape
+        k, tv, dout = bv.shape
+        sa = a.reshape(rows * n, din).to(dtype) @ av.reshape(k * tv, din).to(dtype).T
+        sb = b.reshape(rows * n, dout).to(dtype) @ bv.reshape(k * tv, dout).to(dtype).T
+        return sa.mul_(sb).view(rows, n, k, tv).sum(dim=(1, 3))
+
     def dot(self, module, pname, saved, grad, z, per_token, budget_elems):
         a, b = self.factors(module, saved, grad)
         dtype = z.dtype
@@ -107,18 +148,25 @@ class MatmulRule(LayerRule):
         rows, n, din = a.shape
         dout = b.shape[2]
         k = zw.shape[0]
-        target_cost = k * rows * n * din * dout
+        # Output rows where every target direction is zero contribute nothing (e.g. the part of a tied
+        # embedding/head direction that comes from the embedding use: only the targets' tokens' rows).
+        live = zw.ne(0).any(dim=2).any(dim=0).nonzero().flatten()
+        if live.numel() < dout:
+            zw, b = zw[:, live], b[:, :, live]
+        target_cost = k * rows * n * din * live.numel()
         player_cost = rows * n * din * dout + rows * k * din * dout
         if per_token or target_cost <= player_cost:
             out = a.new_zeros(rows, n, k) if per_token else a.new_zeros(rows, k)
             for j in range(k):
-                projected = torch.matmul(a, zw[j].T)  # (rows, n, dout)
+                projected = torch.matmul(a, zw[j].T)  # (rows, n, live dout)
                 contrib = (projected * b).sum(dim=2)
                 if per_token:
                     out[:, :, j] = contrib
                 else:
                     out[:, j] = contrib.sum(dim=1)
             return out, "target"
+        if live.numel() < dout:  # the player route needs the full rows
+            zw, b = self._weight_view(module, z), self.factors(module, saved, grad)[1].to(dtype)
         block = max(1, budget_elems // max(1, din * dout))
         out = a.new_zeros(rows, k)
         flat_z = zw.reshape(k, -1)
@@ -127,6 +175,13 @@ class MatmulRule(LayerRule):
             per_row = torch.bmm(b[start:stop].transpose(1, 2), a[start:stop])  # (block, dout, din)
             out[start:stop] = per_row.reshape(stop - start, -1) @ flat_z.T
         return out, "player"
+
+
+def _in_out(module) -> tuple[int, int]:
+    weight = module.weight
+    if Conv1D is not None and isinstance(module, Conv1D):
+        return weight.shape[0], weight.shape[1]
+    return weight[0].numel(), weight.shape[0]
 
 
 @register(nn.Linear)
