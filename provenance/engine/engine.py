@@ -3,18 +3,23 @@
 Per step:
 1. targets pass (eval mode, RNG untouched): each target's loss and, per tracked module, the factors of its
    gradient, so a target gradient is formed one parameter at a time and never all at once;
-2. training passes over the micro-batches with the loss scaled exactly as the real update uses it. The
-   engine forms the batch gradient of matmul weights and embeddings itself, from per-row blocks (the same
-   multiply-adds autograd would spend), so per-row gradients are on hand without extra matmuls;
+2. training passes over the micro-batches with the loss scaled exactly as the real update uses it. With
+   weight_gradients="per_row" (Adam's default) the engine forms the batch gradient of matmul weights and
+   embeddings itself, from per-row blocks (the same multiply-adds autograd would spend), so per-row
+   gradients are on hand without extra matmuls; with "matmul" (SGD's default) autograd forms it;
 3. global-norm clipping (torch's own), then the optimizer's step linearized as dw = h + sum_i d_i;
-4. values: value_i,k = g_i . z_k with z_k = k * coef * (g_v,k [+ H_v,k u]), u = h + D/2.
-   - "backward" route: when z is known before backward (first order, SGD or Adam with the "previous"
-     denominator), the dots are taken inside backward, right where the per-row blocks exist; nothing is
-     stored and the clip factor k, a scalar, is applied at the end;
-   - "after" route otherwise (second order, Adam "current", per-token maps): inputs and output gradients
-     are kept and contracted after backward, parameter by parameter;
+4. values: value_i,k = g_i . z_k with z_k = k * coef * (g_v,k [+ H_v,k u]), u = h + D/2. Per parameter use:
+   - "backward": z is known before backward (first order with SGD, or Adam with the "previous"
+     denominator): dots taken inside backward where the per-row blocks exist; nothing is stored and the
+     clip factor k, a scalar, is applied at the end;
+   - "ghost": the same, for SGD with autograd-formed weights: pairwise dots sum (a.a_v)(b.b_v) over
+     training and target tokens, no gradient formed (plus tied weights' cross terms);
+   - "stored": z is known only after backward (second order, Adam "current", a first step): the per-row
+     blocks formed in backward are kept (up to keep_rows_mb) and dotted once z is known;
+   - "player"/"target"/"gather"/...: the rule re-derives the dots after backward from kept inputs and
+     output gradients (beyond keep_rows_mb, embeddings, per-token maps);
 5. the real optimizer step, unchanged. Training is bitwise the same whatever the targets or the route,
-   because the gradient is always formed the same way: replays can be compared exactly.
+   because the gradient is formed the same way for a given weight_gradients: replays compare exactly.
 """
 
 from __future__ import annotations
