@@ -1,0 +1,116 @@
+"""Smoke tests of bench/recovery.py: its pieces against hand-worked truths, the targets against the
+shipped texts, then a --quick run (tiny corpus and model, about a minute) that prints one JSON line."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+BENCH_DIR = Path(__file__).resolve().parents[2] / "bench"
+PAIRS = Path(__file__).resolve().parents[2] / "data" / "pairs" / "verses.parquet"
+
+
+@pytest.fixture(scope="module")
+def modules():
+    sys.path.insert(0, str(BENCH_DIR))
+    try:
+        yield {name: importlib.import_module(name) for name in ("recovery_targets", "recovery_rankings", "recovery")}
+    finally:
+        sys.path.remove(str(BENCH_DIR))
+
+
+@pytest.fixture(scope="module")
+def quick(modules):
+    return modules["recovery_targets"].build_benchmark(modules["recovery_targets"].QUICK_SPEC)
+
+
+def test_rank_of_counts_ties_as_the_expected_position(modules):
+    rank_of = modules["recovery_rankings"].rank_of
+    scores = np.array([3.0, 1.0, 3.0, 2.0, 5.0])
+    assert rank_of(scores, [4]) == 1.0
+    assert rank_of(scores, [0]) == 2.5  # one better (5), tied with one other: positions 2 or 3
+    assert rank_of(scores, [1, 3]) == 4.0  # best of the two sources counts
+    assert rank_of(np.array([-np.inf, 1.0, -np.inf, -np.inf]), [0]) == 3.0  # three unlisted share 2..4
+
+
+def test_reciprocal_rank_fusion_by_hand(modules):
+    rr = modules["recovery_rankings"]
+    fused = rr.rrf(np.array([1.0, 2.0, 3.0]), np.array([3.0, np.inf, 1.0]))
+    assert fused == pytest.approx([1 / 61 + 1 / 63, 1 / 62, 1 / 63 + 1 / 61])
+    assert list(rr.ranks_from_scores(np.array([0.2, 0.9, 0.5]))) == [3.0, 1.0, 2.0]
+
+
+def test_quick_targets_come_from_the_shipped_texts(modules, quick):
+    docs = {d.doc_id: d.text for d in quick.corpus.documents}
+    verses = pd.read_parquet(PAIRS)
+    by_kind = {k: [t for t in quick.targets if t.kind == k] for k in ("verbatim", "paraphrase", "topic", "unrelated")}
+    assert all(by_kind.values())
+    for t in by_kind["verbatim"]:
+        assert t.text in docs[t.sources[0]]
+    for t in by_kind["paraphrase"]:
+        book_chapter, verses_range = t.origin.removeprefix("KJV ").rsplit(":", 1)
+        book, chapter = book_chapter.rsplit(" ", 1)
+        first, last = (int(x) for x in verses_range.split("-"))
+        rows = verses[(verses["book"] == book) & (verses["chapter"] == int(chapter))
+                      & verses["verse"].between(first, last)].sort_values("verse")
+        assert t.text == " ".join(rows["kjv"])
+        assert t.text not in docs[t.sources[0]]  # a re-rendering, not a copy
+    for t in by_kind["topic"]:
+        teller = t.origin.split()[1]
+        assert teller in ("Luke", "John") and not any(d.startswith(f"web:{teller}.") for d in docs)
+        assert all(s.startswith(("web:Matthew.", "web:Mark.")) for s in t.sources)
+    for t in by_kind["unrelated"]:
+        assert t.sources == () and t.text not in docs.values()
+
+
+def test_every_copy_counts_as_a_source(quick):
+    psalm14 = next(t for t in quick.targets if t.origin.startswith("KJV Psalms 14:"))
+    assert set(psalm14.sources) >= {"web:Psalms.14", "web:Psalms.53"}  # Psalm 53 repeats Psalm 14
+
+
+def test_full_benchmark_has_the_issue_shape(modules):
+    rt = modules["recovery_targets"]
+    first, second = rt.build_benchmark(), rt.build_benchmark()
+    assert len(first.corpus.documents) >= 2000 and len(first.targets) >= 30
+    assert first.corpus.sha256 == second.corpus.sha256
+    assert [t.to_json() for t in first.targets] == [t.to_json() for t in second.targets]
+    for kind in rt.KINDS:
+        assert sum(t.kind == kind for t in first.targets) >= 10
+
+
+def test_quick_run_prints_one_json_line(modules, tmp_path, capsys):
+    assert modules["recovery"].main(["--quick", "--json", "--runs-dir", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 1
+    result = json.loads(lines[0])
+    assert result["n_documents"] == 61 and result["n_targets"] == 7
+    for ranking in ("value", "evidence", "combined", "bm25", "fusion"):
+        for kind in ("verbatim", "paraphrase", "topic"):
+            cell = result[ranking][kind]
+            assert 0.0 <= cell["recall_at_1"] <= cell["recall_at_10"] <= 1.0
+            assert 1.0 <= cell["mean_rank"] <= result["n_documents"]
+    # a verbatim excerpt shares its whole text with its source: the evidence ranking must put it first
+    assert result["evidence"]["verbatim"]["recall_at_1"] == 1.0
+    # the cached run is reused (no retraining) and gives the same figures
+    assert modules["recovery"].main(["--quick", "--json", "--reuse", "--runs-dir", str(tmp_path)]) == 0
+    again = json.loads(capsys.readouterr().out.strip())
+    assert again["value"] == result["value"] and again["fusion"] == result["fusion"]
+
+
+def test_best_chunk_value_sums_steps_then_takes_the_best_chunk(modules):
+    contrib = pd.DataFrame({
+        "step": [1, 2, 1, 2, 1],
+        "target_id": ["t", "t", "t", "t", "t"],
+        "doc_id": ["a", "a", "a", "b", "b"],
+        "chunk_id": [0, 0, 1, 2, 2],
+        "value_first_order": [1.0, 2.0, 2.5, -1.0, 0.5],
+    })
+    best = modules["recovery_rankings"].best_chunk_values(contrib)
+    assert best.loc[("t", "a")] == 3.0  # chunk 0: 1 + 2 beats chunk 1: 2.5
+    assert best.loc[("t", "b")] == -0.5
