@@ -388,10 +388,16 @@ class AttributionEngine:
             for use in self._uses_of[id(p)]
             if use.rule.keeps_rows(use.pname) and (id(p) in self._owned_ids or p.dim() <= 1)
         ]
-        nbytes = sum(rows * p.numel() * p.element_size() for _, p in uses)
-        if not uses or nbytes > self.config.keep_rows_mb * 2**20:
-            return set()
-        return {(use.module_name, use.pname) for use, _ in uses}
+        # Smallest first, while the cap allows: every matmul weight saves the same time per byte kept, and
+        # the largest (an output head) would also keep its big output gradient on the other route anyway.
+        chosen, used, cap = set(), 0, self.config.keep_rows_mb * 2**20
+        for use, p in sorted(uses, key=lambda pair: pair[1].numel()):
+            nbytes = rows * p.numel() * p.element_size()
+            if used + nbytes > cap:
+                break
+            chosen.add((use.module_name, use.pname))
+            used += nbytes
+        return chosen
 
     def _keep_rows(self, p: nn.Parameter, use: _Use, record: Record, state: _StepState) -> None:
         """Stored route: keep this call's per-row gradients (forming the batch gradient from them if owned)."""
