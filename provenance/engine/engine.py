@@ -423,7 +423,7 @@ class AttributionEngine:
                 continue
             for record in records.get(use.module_name, []):
                 part = use.rule.grads(use.module, use.pname, record.saved, record.grad, dtype)
-                g_v = part if g_v is None else g_v + part
+                g_v = part if g_v is None else g_v.add_(part)  # rules return fresh tensors: accumulate in place
         if g_v is None and skip is None:
             return torch.zeros(self._num_targets, *p.shape, dtype=dtype)
         return g_v
@@ -434,8 +434,9 @@ class AttributionEngine:
         if z is None:  # once per parameter and step, however many uses and micro-batches
             entry = state.pre[id(p)]
             g_v = self._target_gradient(p, state.target_records, state.value_dtype)
-            z = state.directions[id(p)] = entry.direction(g_v)
-            state.history += entry.history_value(g_v, z)
+            z, history = entry.direction_and_history(g_v)
+            state.directions[id(p)] = z
+            state.history += history
         return z
 
     # -- pieces ------------------------------------------------------------------------------------
@@ -530,8 +531,8 @@ class AttributionEngine:
             if entry is None:
                 continue  # not updated by the optimizer: no player moves it
             g_v = self._target_gradient(p, state.target_records, dtype)
-            first = entry.direction(g_v)
-            history += entry.history_value(g_v, first)
+            first, carried = entry.direction_and_history(g_v)
+            history += carried
             directions = [first.mul_(clip)]
             if order2:
                 directions.append(entry.direction(hvps.pop(id(p)).to(dtype)).mul_(clip))

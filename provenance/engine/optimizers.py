@@ -51,6 +51,26 @@ class Linearization:
             return g_v * self.scale
         return (g_v * self.precond.to(g_v.dtype)).mul_(self.scale)
 
+    def direction_and_history(self, g_v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(direction(g_v), -h . g_v per target), turning g_v into the direction in place: with K
+        targets each is K x the parameter's size, and fresh memory of that size is slow on CPU."""
+        decay_part = -self.decay * _dots(g_v, self.param.detach().to(g_v.dtype))
+        if self.precond is None:
+            z = g_v.mul_(self.scale)
+        else:
+            z = g_v.mul_(self.precond.to(g_v.dtype)).mul_(self.scale)
+        return z, decay_part + self._carried_value(z)
+
+    def _carried_value(self, direction: torch.Tensor) -> torch.Tensor:
+        """-(momentum and L2 parts of h) . g_v, from the direction: (m * precond) . g_v = (m . direction) / scale."""
+        value = torch.zeros(direction.shape[0], dtype=direction.dtype)
+        if self.scale != 0:
+            if self.momentum is not None and self.momentum_scale:
+                value = value + (self.momentum_scale / self.scale) * _dots(direction, self.momentum.to(direction.dtype))
+            if self.l2_scale:
+                value = value + (self.l2_scale / self.scale) * _dots(direction, self.param.detach().to(direction.dtype))
+        return -value
+
     def history(self) -> torch.Tensor:
         """h itself (only the second order needs it materialized)."""
         out = self.param.detach() * self.decay
@@ -61,19 +81,14 @@ class Linearization:
             out = out + self.l2_scale * self.param.detach() * pre
         return out
 
-    def history_value(self, g_v: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
-        """-h . g_v per target, from dots only: (m * precond) . g_v = (m . direction) / scale."""
-        k = g_v.shape[0]
-        g_flat = g_v.reshape(k, -1)
-        p_flat = self.param.detach().reshape(-1).to(g_v.dtype)
-        value = self.decay * (g_flat @ p_flat)
-        if self.scale != 0:
-            z_flat = direction.reshape(k, -1)
-            if self.momentum is not None and self.momentum_scale:
-                value = value + (self.momentum_scale / self.scale) * (z_flat @ self.momentum.reshape(-1).to(g_v.dtype))
-            if self.l2_scale:
-                value = value + (self.l2_scale / self.scale) * (z_flat @ p_flat)
-        return -value
+
+def _dots(stacked: torch.Tensor, single: torch.Tensor) -> torch.Tensor:
+    """(K,) dots of each stacked[k] with `single`, reading `stacked` in its own memory order (a transposed
+    view stays uncopied; `single`, one parameter's size, is the one reordered when needed)."""
+    k = stacked.shape[0]
+    if not stacked.is_contiguous() and stacked.dim() == 3 and stacked.transpose(1, 2).is_contiguous():
+        return stacked.transpose(1, 2).reshape(k, -1) @ single.T.reshape(-1)
+    return stacked.reshape(k, -1) @ single.reshape(-1)
 
 
 def _scalar(value) -> float:

@@ -67,7 +67,9 @@ class MatmulRule(LayerRule):
             return b.sum(dim=1)
         per_row = torch.bmm(b.transpose(1, 2), a)  # (rows, dout, din)
         if self.transposed:
-            return per_row.transpose(1, 2).contiguous()
+            # A view, not a copy: directions formed from it keep the (dout, din) memory order, so the dots
+            # with per-row blocks read them without another transposed copy (K x parameter size each).
+            return per_row.transpose(1, 2)
         return per_row.reshape(per_row.shape[0], *module.weight.shape)
 
     def owns_grad(self, pname: str) -> bool:
