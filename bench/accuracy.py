@@ -33,7 +33,6 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy.stats import spearmanr
@@ -420,7 +419,7 @@ def print_table(r: dict) -> None:
          f"{r['monte_carlo_grand_utility']:.4f} = {r['monte_carlo_sum_of_values']:.4f}", "efficiency"),
         ("  sum of in-run second-order values", f"{r['in_run_subset_sum_second_order']:.4f}", ""),
         ("Wall time", f"{r['wall_seconds_total']:.0f} s (full run {r['wall_seconds_full_run']:.0f} s)",
-         f"torch threads {torch.get_num_threads()}"),
+         f"torch threads {r['torch_threads']}"),
     ]
     width = max(len(a) for a, _, _ in rows)
     for a, b, c in rows:
@@ -431,8 +430,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print one JSON line instead of a table")
     parser.add_argument("--quick", action="store_true", help="a small run (seconds), for smoke tests")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads [1: the figures in docs/evaluation.md were measured with 1; "
+                             "more threads on a shared 2-core machine oversubscribe it]")
     args = parser.parse_args(argv)
-    result = evaluate(QUICK if args.quick else FULL, progress=not args.json)
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    try:
+        result = evaluate(QUICK if args.quick else FULL, progress=not args.json)
+        result["torch_threads"] = torch.get_num_threads()
+    finally:
+        torch.set_num_threads(threads_before)
     if args.json:
         print(json.dumps(result))
     else:

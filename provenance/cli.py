@@ -80,9 +80,14 @@ def train(
     order: Optional[int] = typer.Option(None, help="1 = first-order values, 2 = with the Hessian term [default 1]."),
     threads: Optional[int] = typer.Option(None, help="CPU threads (recorded; replay uses the same) [default: torch's]."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+    sketch: bool = typer.Option(
+        False, "--sketch", help="Also store projected-gradient sketches for fast approximate queries "
+        "(`provenance approximate`; docs/posthoc.md)."),
+    sketch_every: Optional[int] = typer.Option(
+        None, help="Steps per sketch segment; must divide --checkpoint-every [default 50]."),
 ) -> None:
     """Pretrain a GPT-2 from scratch with the attribution engine attached; write the run directory."""
-    from provenance.config import AttributionConfig, ModelConfig, RunConfig, TrainConfig
+    from provenance.config import AttributionConfig, ModelConfig, RunConfig, SketchConfig, TrainConfig
     from provenance.train import read_targets_jsonl
     from provenance.train import resume as resume_run
     from provenance.train import train as train_run
@@ -112,6 +117,7 @@ def train(
                     model=replace(recorded.model, **model_over),
                     train=replace(recorded.train, **train_over),
                     attribution=replace(recorded.attribution, **attr_over),
+                    sketch=recorded.sketch,
                 )
             result = resume_run(path, config, progress=not quiet)
         else:
@@ -126,11 +132,13 @@ def train(
                 model=ModelConfig(**model_over),
                 train=TrainConfig(**train_over),
                 attribution=AttributionConfig(**attr_over),
+                sketch=SketchConfig(enabled=sketch, **({"every": sketch_every} if sketch_every else {})),
             )
             target_list = read_targets_jsonl(targets) if targets else []
             result = train_run(corpus, path, config, targets=target_list, tokenizer=tokenizer,
                                threads=threads, progress=not quiet)
-    typer.echo(f"run complete: {result.path}")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun every rank returns here; rank 0 wrote the run
+        typer.echo(f"run complete: {result.path}")
 
 
 @app.command()
@@ -172,6 +180,9 @@ def attribute(
     run: str = typer.Option(..., "--run", help="Run directory (path or id)."),
     targets: Path = typer.Option(..., "--targets", help="JSONL of {id, prompt, text}: outputs to attribute."),
     top: int = typer.Option(5, help="Documents to print per target."),
+    workers: int = typer.Option(
+        1, "--workers", help="Replay the checkpoint segments in this many processes at once (1 = in this one; under torchrun the ranks are the workers)."
+    ),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
     """Replay the recorded run with new targets (loss checked at every step) and write their values."""
@@ -181,7 +192,9 @@ def attribute(
     path = resolve_run(run)
     with domain_errors():
         specs = read_targets_jsonl(targets)
-        values = attribute_run(path, specs, progress=not quiet)
+        values = attribute_run(path, specs, workers=workers, progress=not quiet)
+        if values is None:  # a torchrun rank other than 0: rank 0 wrote and prints the values
+            return
         for spec in specs:
             _print_top(values, spec.target_id, top)
 
@@ -190,6 +203,35 @@ class OutputFormat(str, Enum):
     table = "table"
     csv = "csv"
     json = "json"
+
+
+@app.command()
+def approximate(
+    run: str = typer.Option(..., "--run", help="Run directory (path or id) trained with --sketch."),
+    text: str = typer.Option(..., "--text", help="The output text to value (only its tokens carry loss)."),
+    prompt: str = typer.Option("", "--prompt", help="The prompt that produced it (no loss)."),
+    top: int = typer.Option(10, help="Rows to show (0 = all)."),
+    fmt: OutputFormat = typer.Option(OutputFormat.table, "--format", help="table, csv or json."),
+) -> None:
+    """Approximate values of a new output in seconds, from sketches stored during training (no replay)."""
+    from provenance.sketch.query import APPROXIMATE_LABEL, ApproximateQuery
+    from provenance.train.targets import TargetSpec
+
+    with domain_errors():
+        query = ApproximateQuery(resolve_run(run))
+        frame = query.values([TargetSpec("approximate-query", prompt, text)])
+    shown = frame.head(top) if top > 0 else frame
+    if fmt is OutputFormat.json:
+        typer.echo(json.dumps({"label": APPROXIMATE_LABEL, "seconds": round(query.timings.seconds_total, 3),
+                               "rows": shown.drop(columns=["target_id"]).to_dict(orient="records")}))
+    elif fmt is OutputFormat.csv:
+        typer.echo(shown.drop(columns=["target_id"]).to_csv(index=False), nl=False)
+    else:
+        typer.echo(f"APPROXIMATE values ({APPROXIMATE_LABEL})")
+        for row in shown.itertuples(index=False):
+            typer.echo(f"  {row.rank:>4}  {row.doc_id:<40}  value ~{row.value:+.4e}  share ~{row.share:6.1%}")
+        typer.echo(f"value = approximate decrease of the output's loss (nats per output token) caused by the "
+                   f"document; {query.timings.seconds_total:.2f} s")
 
 
 @app.command()
@@ -260,6 +302,27 @@ def demo(
 
     with domain_errors():
         run_demo(runs_dir, progress=not quiet, echo=typer.echo, threads=threads)
+
+
+@app.command()
+def curate(
+    run: str = typer.Option(..., "--run", help="Run directory (path or id) whose values rank the documents."),
+    drop: str = typer.Option(..., "--drop", help="'negative' (value < 0) or 'bottom-FRACTION' (e.g. bottom-0.16)."),
+    out: Path = typer.Option(..., "--out", help="Curated corpus to write (.jsonl); the dropped list goes next to it."),
+    target: Optional[list[str]] = typer.Option(
+        None, "--target", help="Rank by these targets' values (repeatable; mean over them)."
+    ),
+    validation: bool = typer.Option(
+        False, "--validation", help="Rank by the mean value over the run's 'validation:' targets (the default)."
+    ),
+) -> None:
+    """Write a corpus without the documents that worked against the targets (for a new `train`)."""
+    from provenance.curate import curate as curate_corpus
+
+    path = resolve_run(run)
+    with domain_errors():
+        result = curate_corpus(path, drop, out, targets=target or None, validation=validation)
+    typer.echo(result.summary())
 
 
 def _print_top(values, target_id: str, top: int) -> None:

@@ -51,3 +51,15 @@ class TokenizerError(ProvenanceError):
 
 class ReportError(ProvenanceError):
     """A report cannot be built: a bad option, an unreadable target list, or no usable font."""
+
+
+class CurationError(ProvenanceError):
+    """`curate` cannot build a corpus: a bad --drop spec, no values to rank by, or an existing output."""
+
+
+class SketchMismatchError(ProvenanceError):
+    """Stored gradient sketches do not belong to this model/run or projection settings (docs/posthoc.md)."""
+
+
+class ReplayWorkerError(ProvenanceError):
+    """A worker process of a segment-parallel replay crashed or failed unexpectedly (its error is quoted)."""

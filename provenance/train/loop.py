@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from provenance.config import RunConfig
 from provenance.errors import NonFiniteLossError, RunMismatchError
 from provenance.store.tables import empty_frame
+from provenance.train.distributed import DistContext
 from provenance.train.order import DataOrder
 from provenance.train.schedule import learning_rate
 
@@ -38,6 +39,7 @@ class Trajectory:
     chunk_batches: Callable[[list[int]], list[Any]]  # chunk ids -> micro-batches (LMBatch)
     chunk_doc_ids: list[str]
     target_ids: list[str]
+    dist: DistContext = field(default_factory=DistContext)  # ranks sharing each step (torchrun)
 
 
 @dataclass
@@ -144,19 +146,22 @@ def run_steps(
     after_step: called after each step (checkpointing).
     """
     cfg = traj.config.train
-    bar = tqdm(total=last_step - first_step + 1, desc=desc, unit="step", disable=not progress, dynamic_ncols=True)
+    dist = traj.dist
+    bar = tqdm(total=last_step - first_step + 1, desc=desc, unit="step", disable=not (progress and dist.is_main),
+               dynamic_ncols=True)
     try:
         for step in range(first_step, last_step + 1):
             started = time.perf_counter()
-            # 1. the step's players: chunks from the seeded data order, cut into micro-batches
+            # 1. the step's players: chunks from the seeded data order (this rank's shard of them when
+            #    several ranks share the step), cut into micro-batches
             chunk_ids = traj.order.next_batch()
-            micro_batches = traj.chunk_batches(chunk_ids)
+            micro_batches = traj.chunk_batches(dist.shard(chunk_ids))
             # 2. the step's learning rate (warmup + cosine); the engine reads it from the param groups
             lr = learning_rate(step, cfg)
             for group in traj.optimizer.param_groups:
                 group["lr"] = lr
             # 3. forward, backward, clipping, values, AdamW update, zero_grad: all in the engine
-            result = traj.engine.step(micro_batches)
+            result = dist.gather_result(traj.engine.step(micro_batches))  # values of every rank's rows
             seconds = time.perf_counter() - started
             loss = float(result.loss)
             if not math.isfinite(loss):

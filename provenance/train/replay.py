@@ -4,34 +4,52 @@ Training is deterministic given the manifest (seed, data order, config, thread c
 replayed from its step-0 checkpoint with the new targets registered. The replay proves it is the same
 run: its training loss must equal the recorded one at every step and its weights must equal every saved
 checkpoint; any difference is a hard error (RunMismatchError) and nothing is written. The new values are
-then merged into the run's tables in one final write.
+then merged into the run's tables in one final write. With ``workers`` > 1 the checkpoint segments are
+replayed at once in worker processes (provenance.train.segments), each checking its own steps' losses and
+checkpoints; a run recorded on several ranks (torchrun) is replayed on as many processes per segment.
 """
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import torch
 
-from provenance.errors import RunMismatchError, TargetError
-from provenance.store.checkpoint import load_checkpoint_weights
+from provenance.config import ConfigError
+from provenance.errors import TargetError
 from provenance.store.run_dir import STATUS_COMPLETE, RunDirectory
 from provenance.store.tables import aggregate_values, read_table, write_table
-from provenance.train.loop import Recorder, run_steps
+from provenance.train import distributed
+from provenance.train.distributed import recorded_world_size
 from provenance.train.prepare import prepare_from_run
-from provenance.train.runtime import deterministic_runtime
+from provenance.train.segments import (
+    Block,
+    plan_blocks,
+    read_block_records,
+    replay_on_ranks,
+    replay_range,
+    run_blocks,
+)
 from provenance.train.targets import REGISTERED_REPLAY, TargetSpec, check_targets, targets_frame
-from provenance.train.trainer import make_trajectory, seal
+from provenance.train.trainer import seal
 
 
 def attribute(
-    run_dir: str | Path, targets: list[TargetSpec], *, progress: bool = True
+    run_dir: str | Path, targets: list[TargetSpec], *, workers: int = 1, progress: bool = True
 ) -> pd.DataFrame:
-    """Replay the whole recorded trajectory with ``targets``; returns their rows of values.parquet."""
+    """Replay the whole recorded trajectory with ``targets``; returns their rows of values.parquet.
+
+    workers: replay the checkpoint segments in this many processes at once (provenance.train.segments);
+    1 replays in this process. A run recorded on W ranks is always replayed by W processes per worker.
+    Under torchrun (WORLD_SIZE > 1) the ranks are the workers, one block of segments each, on any number
+    of nodes; rank 0 writes and returns the values, the other ranks return None.
+    """
     run = RunDirectory.open(run_dir)
     manifest = run.read_manifest()
+    if workers < 1:
+        raise ConfigError(f"--workers must be >= 1 (got {workers})")
     check_targets(list(targets), where="attribute targets")
     if not targets:
         raise TargetError("attribute needs at least one target")
@@ -43,50 +61,33 @@ def attribute(
             "(values of a registered target are already in values.parquet)"
         )
     prepared = prepare_from_run(run, manifest, extra_targets=list(targets))
-    new_ids = [t.target_id for t in targets]
-    train_log = read_table(run.train_log_path, "train_log")
-    expected = dict(zip(train_log["step"].astype(int).tolist(), train_log["loss"].astype(float).tolist()))
-    checkpoints = [s for s in run.checkpoint_steps() if s > 0]
-    steps = prepared.config.train.steps
-
-    with deterministic_runtime(manifest["runtime"]["torch_num_threads"]):
-        traj = make_trajectory(prepared, prepared.extra_target_batch, new_ids, run=run, checkpoint=0)
-        try:
-            recorder = Recorder(new_ids, prepared.config.attribution.order)
-
-            def after_step(step: int) -> None:
-                if step in checkpoints:
-                    _check_weights(run, step, traj.model)
-
-            run_steps(traj, 1, steps, recorder=recorder, expected_losses=expected, after_step=after_step,
-                      desc=f"replay {run.run_id}", progress=progress)
-            _check_final_weights(run, traj.model)
-        finally:
-            traj.engine.close()
-
-    new = recorder.flush()
+    dist = distributed.current()
+    if dist.enabled:
+        if workers != 1:
+            raise ConfigError("under torchrun the ranks are the workers; drop --workers")
+        new = replay_on_ranks(run, manifest, prepared, list(targets), dist, progress=progress)
+        return distributed.on_main(dist, lambda: _merge(run, prepared, targets, new),
+                                   f"write the values into {run.path}")
+    new = replay_records(run, manifest, prepared, list(targets), workers=workers, progress=progress)
     return _merge(run, prepared, targets, new)
 
 
-def _check_weights(run: RunDirectory, step: int, model: torch.nn.Module) -> None:
-    saved = load_checkpoint_weights(run, step)
-    _compare_weights(saved, model, f"checkpoint step {step}")
-
-
-def _check_final_weights(run: RunDirectory, model: torch.nn.Module) -> None:
-    from safetensors.torch import load_file
-
-    _compare_weights(load_file(str(run.model_dir / "model.safetensors")), model, "the final model")
-
-
-def _compare_weights(saved: dict[str, torch.Tensor], model: torch.nn.Module, what: str) -> None:
-    current = model.state_dict()
-    for name, tensor in saved.items():
-        if name not in current or not torch.equal(current[name], tensor):
-            raise RunMismatchError(
-                f"replayed weights differ from {what} at {name}; the replay is not the recorded run, "
-                "so no values were written"
-            )
+def replay_records(
+    run: RunDirectory, manifest: dict[str, Any], prepared: Any, targets: list[TargetSpec], *,
+    workers: int = 1, progress: bool = True,
+) -> dict[str, pd.DataFrame]:
+    """The new targets' rows (train_log, contributions, ledger) of every step, by sequential replay in this
+    process (workers=1, one-rank run) or by segment workers; identical either way."""
+    steps = prepared.config.train.steps
+    if workers == 1 and recorded_world_size(manifest) == 1:
+        return replay_range(run, manifest, prepared, prepared.extra_target_batch,
+                            [t.target_id for t in targets], Block(0, 1, steps), progress=progress)
+    blocks = plan_blocks(run.checkpoint_steps(), steps, workers)
+    folder = run_blocks(run, blocks, targets, progress=progress)
+    try:
+        return read_block_records(folder, blocks)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _merge(run: RunDirectory, prepared: Any, targets: list[TargetSpec], new: dict[str, pd.DataFrame]) -> pd.DataFrame:

@@ -2,7 +2,8 @@
 
 Replay and resume are proven by equality of the loss at every step, so every run executes under
 ``deterministic_runtime`` with the thread count recorded in the manifest (CPU reductions may group
-differently with another thread count).
+differently with another thread count: measured on this project's 2-core machine, a 4-layer, 256-wide
+GPT-2 recorded on 2 threads diverges at step 4 when replayed on 1). Segment-replay workers use it too.
 """
 
 from __future__ import annotations

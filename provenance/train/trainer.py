@@ -39,6 +39,8 @@ from provenance.store.run_dir import (
     utc_now,
 )
 from provenance.store.tables import aggregate_values, read_table, write_table
+from provenance.train import distributed
+from provenance.train.distributed import DistContext
 from provenance.train.loop import Recorder, Trajectory, run_steps
 from provenance.train.model import build_model, build_optimizer
 from provenance.train.order import DataOrder
@@ -64,12 +66,15 @@ def make_trajectory(
     *,
     run: RunDirectory | None = None,
     checkpoint: int | None = None,
+    dist: DistContext | None = None,
 ) -> Trajectory:
     """Model (seeded init), optimizer, data order and engine; restored from a checkpoint when given.
 
     The engine is attached only after the optimizer state is loaded: optimizer.load_state_dict replaces
     the param-group dicts, and the engine must read the groups the real update uses.
+    dist: the ranks sharing each step (torchrun); the engine then sums gradients over them.
     """
+    dist = dist or DistContext()
     from provenance.engine import AttributionEngine, CausalLMTask
 
     cfg = prepared.config
@@ -81,7 +86,8 @@ def make_trajectory(
         if run is None:
             raise ValueError("make_trajectory: a checkpoint needs its run directory")
         state = load_checkpoint(run, checkpoint, model, optimizer)
-    engine = AttributionEngine(model, optimizer, engine_config(cfg), task=CausalLMTask())
+    engine = AttributionEngine(model, optimizer, engine_config(cfg), task=CausalLMTask(),
+                               process_group=dist.process_group)
     try:
         engine.set_targets(target_batch)
     except BaseException:
@@ -96,6 +102,7 @@ def make_trajectory(
         chunk_batches=prepared.micro_batches,
         chunk_doc_ids=prepared.chunk_doc_ids,
         target_ids=list(target_ids),
+        dist=dist,
     )
     if state is not None:
         restore_state(traj, state)
@@ -116,7 +123,7 @@ def restore_state(traj: Trajectory, state: dict[str, Any]) -> None:
     torch.set_rng_state(rng_state_from_list(state["rng"]["torch_cpu"]))
 
 
-def _manifest(run_id: str, prepared: Prepared, num_threads: int) -> dict[str, Any]:
+def _manifest(run_id: str, prepared: Prepared, num_threads: int, dist: DistContext) -> dict[str, Any]:
     cfg = prepared.config
     return {
         "format_version": RUN_FORMAT_VERSION,
@@ -135,7 +142,8 @@ def _manifest(run_id: str, prepared: Prepared, num_threads: int) -> dict[str, An
         "model": {"architecture": "GPT2LMHeadModel", "sha256": {}},
         "files": {},
         "values": {"order": cfg.attribution.order, **VALUES_META},
-        "runtime": {"torch_num_threads": num_threads, "deterministic_algorithms": True, "dtype": "float32"},
+        "runtime": {"torch_num_threads": num_threads, "deterministic_algorithms": True, "dtype": "float32",
+                    "world_size": dist.world_size, "backend": dist.backend},
         "status": STATUS_TRAINING,
     }
 
@@ -167,24 +175,43 @@ def train(
     """
     config = (config or RunConfig()).check()
     run = RunDirectory(run_dir)
-    if run.path.exists() and any(run.path.iterdir()):
-        raise RunDirectoryError(
-            f"{run.path} already exists; resume it with --resume, choose another --run, or delete it"
-        )
-    prepared = prepare_fresh(corpus, config, targets or [], tokenizer)
+    dist = distributed.current()  # several ranks under torchrun (WORLD_SIZE > 1), else one process
+    distributed.check_world_size(config, dist.world_size)
     with deterministic_runtime(threads) as threads:
-        traj = make_trajectory(prepared, prepared.target_batch, prepared.target_ids)
-        try:
-            # Publish the run directory (setup + step-0 checkpoint) in one rename: all inputs are valid now.
-            staging = atomic.staging_dir(run.path)
+
+        def publish() -> tuple[Prepared, Trajectory]:
+            if run.path.exists() and any(run.path.iterdir()):
+                raise RunDirectoryError(
+                    f"{run.path} already exists; resume it with --resume, choose another --run, or delete it"
+                )
+            prepared = prepare_fresh(corpus, config, targets or [], tokenizer, progress=progress and dist.rank == 0)
+            traj = make_trajectory(prepared, prepared.target_batch, prepared.target_ids, dist=dist)
             try:
-                staged = RunDirectory(staging)
-                _write_setup(staged, prepared, _manifest(run.run_id, prepared, threads))
-                save_checkpoint(staged, 0, traj.model, traj.optimizer, checkpoint_state(traj))
-                atomic.publish_dir(staging, run.path)
+                # Publish the run directory (setup + step-0 checkpoint) in one rename: all inputs are valid.
+                staging = atomic.staging_dir(run.path)
+                try:
+                    staged = RunDirectory(staging)
+                    _write_setup(staged, prepared, _manifest(run.run_id, prepared, threads, dist))
+                    save_checkpoint(staged, 0, traj.model, traj.optimizer, checkpoint_state(traj))
+                    atomic.publish_dir(staging, run.path)
+                except BaseException:
+                    shutil.rmtree(staging, ignore_errors=True)
+                    raise
             except BaseException:
-                shutil.rmtree(staging, ignore_errors=True)
+                traj.engine.close()
                 raise
+            return prepared, traj
+
+        # Rank 0 validates the inputs and publishes the run; the other ranks then start from exactly what
+        # it recorded (corpus, tokenizer, chunks, targets, step-0 checkpoint).
+        published = distributed.on_main(dist, publish, f"create the run directory {run.path}")
+        if published is not None:
+            prepared, traj = published
+        else:
+            prepared = prepare_from_run(run, run.read_manifest())
+            traj = make_trajectory(prepared, prepared.target_batch, prepared.target_ids, run=run, checkpoint=0,
+                                   dist=dist)
+        try:
             _train_from(run, traj, prepared, start_step=1, progress=progress)
         finally:
             traj.engine.close()
@@ -210,6 +237,13 @@ def resume(run_dir: str | Path, config: RunConfig | None = None, *, progress: bo
             "start the run again"
         )
     last = steps[-1]
+    dist = distributed.current()
+    recorded_world = distributed.recorded_world_size(manifest)
+    if recorded_world != dist.world_size:
+        raise RunMismatchError(
+            f"run {run.path} was recorded on {recorded_world} rank(s) and this is {dist.world_size}; resume it "
+            f"with the same number: torchrun --nproc_per_node {recorded_world} ... (or one process for 1)"
+        )
     prepared = prepare_from_run(run, manifest)
     with deterministic_runtime(manifest["runtime"]["torch_num_threads"]):
         state = json.loads((run.checkpoint_dir(last) / "state.json").read_text(encoding="utf-8"))
@@ -219,7 +253,8 @@ def resume(run_dir: str | Path, config: RunConfig | None = None, *, progress: bo
                 f"the run lists {prepared.target_ids}"
             )
         _check_records_cover(run, last)
-        traj = make_trajectory(prepared, prepared.target_batch, prepared.target_ids, run=run, checkpoint=last)
+        traj = make_trajectory(prepared, prepared.target_batch, prepared.target_ids, run=run, checkpoint=last,
+                               dist=dist)
         try:
             _train_from(run, traj, prepared, start_step=last + 1, progress=progress)
         finally:
@@ -255,19 +290,36 @@ def _check_records_cover(run: RunDirectory, last: int) -> None:
 
 def _train_from(run: RunDirectory, traj: Trajectory, prepared: Prepared, start_step: int, progress: bool) -> None:
     cfg = prepared.config.train
-    recorder = Recorder(traj.target_ids, prepared.config.attribution.order)
+    dist = traj.dist
+    # Every rank trains; only rank 0 records and writes (the values it records cover every rank's rows).
+    recorder = Recorder(traj.target_ids, prepared.config.attribution.order) if dist.is_main else None
+    sketches = None  # projected-gradient sketches for approximate queries (provenance.sketch, docs/posthoc.md)
+    if prepared.config.sketch.enabled:
+        from provenance.sketch.training import start_session
+
+        recorder, sketches = start_session(run.path / "sketches", traj, prepared.config, start_step, recorder)
 
     def after_step(step: int) -> None:
-        if step % cfg.checkpoint_every == 0 and step < cfg.steps:
+        if recorder is not None and step % cfg.checkpoint_every == 0 and step < cfg.steps:
             save_checkpoint(run, step, traj.model, traj.optimizer, checkpoint_state(traj), recorder.flush())
 
-    if start_step <= cfg.steps:
-        run_steps(traj, start_step, cfg.steps, recorder=recorder, after_step=after_step,
-                  desc=f"train {run.run_id}", progress=progress)
-    earlier = load_records(run, cfg.steps)  # every checkpoint's segment, this session's included
-    tail = recorder.flush()
-    records = {name: _concat(earlier[name], tail[name]) for name in tail}
-    finalize(run, prepared, traj.model, records)
+    try:
+        if start_step <= cfg.steps:
+            run_steps(traj, start_step, cfg.steps, recorder=recorder, after_step=after_step,
+                      desc=f"train {run.run_id}", progress=progress)
+    finally:
+        if sketches is not None:
+            sketches.close()
+
+    def write() -> None:
+        if sketches is not None:
+            sketches.finish()
+        earlier = load_records(run, cfg.steps)  # every checkpoint's segment, this session's included
+        tail = recorder.flush()
+        records = {name: _concat(earlier[name], tail[name]) for name in tail}
+        finalize(run, prepared, traj.model, records)
+
+    distributed.on_main(dist, write, f"finish the run directory {run.path}")
 
 
 def _concat(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:

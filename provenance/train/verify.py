@@ -14,6 +14,7 @@ gradients moves the values by up to ~1e-3 of the largest. Sampled steps are draw
 from __future__ import annotations
 
 import random
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,10 @@ from provenance.errors import RunDirectoryError, VerificationError
 from provenance.store.run_dir import RunDirectory
 from provenance.store.tables import read_table
 from provenance.store.verify import HashReport, verify_hashes
+from provenance.store.checkpoint import load_checkpoint
+from provenance.train.distributed import recorded_world_size
 from provenance.train.loop import run_steps
+from provenance.train.order import DataOrder
 from provenance.train.model import build_model, build_optimizer
 from provenance.train.prepare import prepare_from_run
 from provenance.train.runtime import deterministic_runtime
@@ -116,33 +120,28 @@ def rederive_step(run: RunDirectory, manifest: dict[str, Any], step: int, refere
         raise RunDirectoryError(f"no checkpoint before step {step} in {run.checkpoints_dir}; cannot re-derive it")
     log = read_table(run.train_log_path, "train_log")
     expected = dict(zip(log["step"].astype(int), log["loss"].astype(float)))
-    with deterministic_runtime(manifest["runtime"]["torch_num_threads"]):
-        traj = make_trajectory(prepared, prepared.target_batch, prepared.target_ids, run=run, checkpoint=start)
-        try:
-            if step - 1 > start:
-                run_steps(traj, start + 1, step - 1, expected_losses=expected,
-                          desc=f"verify: replay to step {step}", progress=progress)
-            chunk_ids = traj.order.next_batch()
-            micro_batches = prepared.micro_batches(chunk_ids)
-            lr = learning_rate(step, cfg.train)
-            # Brute force on a float64 copy (the copy's optimizer state is cast to float64 on load).
-            model64 = build_model(cfg.model, prepared.vocab_size, cfg.train.seed, prepared.eos_id)
-            model64.load_state_dict(traj.model.state_dict())  # a clean copy: no engine hooks on it
-            model64.double()
-            optimizer64 = build_optimizer(model64, cfg.train)
-            optimizer64.load_state_dict(traj.optimizer.state_dict())
-            for group in optimizer64.param_groups:
-                group["lr"] = lr
-            ref = reference.reference_values(
-                model64, optimizer64, micro_batches, prepared.target_batch, config=engine_config(cfg),
-                dtype=torch.float64,
-            )
-            # The real step, through the engine, must give the recorded loss.
-            for group in traj.optimizer.param_groups:
-                group["lr"] = lr
-            loss = float(traj.engine.step(micro_batches).loss)
-        finally:
-            traj.engine.close()
+    if recorded_world_size(manifest) > 1:
+        # The sum over ranks is part of the recorded arithmetic: W worker processes replay start+1..step
+        # (checking each loss, the sampled step's included) and hand over the state before the step.
+        model, optimizer, chunk_ids = _state_before_step_on_ranks(run, prepared, start, step, progress)
+        ref = _reference(prepared, model, optimizer, chunk_ids, step, reference)
+        loss = expected[step]
+    else:
+        with deterministic_runtime(manifest["runtime"]["torch_num_threads"]):
+            traj = make_trajectory(prepared, prepared.target_batch, prepared.target_ids, run=run, checkpoint=start)
+            try:
+                if step - 1 > start:
+                    run_steps(traj, start + 1, step - 1, expected_losses=expected,
+                              desc=f"verify: replay to step {step}", progress=progress)
+                chunk_ids = traj.order.next_batch()
+                ref = _reference(prepared, traj.model, traj.optimizer, chunk_ids, step, reference)
+                # The real step, through the engine, must give the recorded loss.
+                lr = learning_rate(step, cfg.train)
+                for group in traj.optimizer.param_groups:
+                    group["lr"] = lr
+                loss = float(traj.engine.step(prepared.micro_batches(chunk_ids)).loss)
+            finally:
+                traj.engine.close()
     if loss != expected[step]:
         raise VerificationError(
             f"train_log.parquet: step {step} has loss {expected[step]!r} but replaying it gives {loss!r}"
@@ -167,3 +166,39 @@ def rederive_step(run: RunDirectory, manifest: dict[str, Any], step: int, refere
             f"(max abs error {err:.3e}, largest value {scale:.3e})"
         )
     return check
+
+
+def _reference(prepared: Any, model: Any, optimizer: Any, chunk_ids: list[int], step: int, reference: Any) -> Any:
+    """Brute-force values of the step's whole batch on a float64 copy of the model and optimizer."""
+    cfg = prepared.config
+    # A clean copy (no engine hooks); the copy's optimizer state is cast to float64 on load.
+    model64 = build_model(cfg.model, prepared.vocab_size, cfg.train.seed, prepared.eos_id)
+    model64.load_state_dict(model.state_dict())
+    model64.double()
+    optimizer64 = build_optimizer(model64, cfg.train)
+    optimizer64.load_state_dict(optimizer.state_dict())
+    for group in optimizer64.param_groups:
+        group["lr"] = learning_rate(step, cfg.train)
+    return reference.reference_values(
+        model64, optimizer64, prepared.micro_batches(chunk_ids), prepared.target_batch, config=engine_config(cfg),
+        dtype=torch.float64,
+    )
+
+
+def _state_before_step_on_ranks(run: RunDirectory, prepared: Any, start: int, step: int,
+                                progress: bool) -> tuple[Any, Any, list[int]]:
+    """Model, optimizer and the step's chunk ids after step - 1 of a run recorded on several ranks."""
+    from provenance.train.segments import Block, run_blocks
+
+    cfg = prepared.config
+    folder = run_blocks(run, [Block(0, start + 1, step)], [], registered=True, snapshot_step=step - 1,
+                        progress=progress)
+    try:
+        model = build_model(cfg.model, prepared.vocab_size, cfg.train.seed, prepared.eos_id)
+        optimizer = build_optimizer(model, cfg.train)
+        state = load_checkpoint(RunDirectory(folder / "block_0000" / "snapshot"), step - 1, model, optimizer)
+        order = DataOrder(len(prepared.chunks), cfg.train.batch_size, cfg.train.seed)
+        order.load_state_dict(state["data_order"])
+        return model, optimizer, order.next_batch()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

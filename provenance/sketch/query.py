@@ -1,0 +1,211 @@
+"""Approximate in-run values of a new output from the stored sketches: no replay.
+
+The engine's exact first-order value of row i at step t (AdamW, docs/engine.md) is
+    phi_i,t = lr_t * k_t * (1-beta1)/(1-beta1^t) * g_i,t . (g_v(w_t) / A_t).
+The store holds s_i,t = Q g_i,t already multiplied by that scalar and summed per chunk over each segment's
+steps. A query forms, per segment, z = Q (g_v(w_a) / A_a) at the segment's anchor a (full target
+gradient of the anchor's weights, times Adam's preconditioner 1/(sqrt(v_a / (1-beta2^n)) + eps) there)
+and takes z . s. Approximations, all measured by bench/posthoc.py against exact values:
+  1. projection: Q^T Q ~ I (Johnson-Lindenstrauss; exact on a side kept at full size);
+  2. the target gradient at the anchor instead of at every step of the segment;
+  3. the preconditioner at the anchor (Adam's v before the anchor's next step) instead of each step's.
+Elements whose second moment is still zero at the anchor (never updated) contribute nothing.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from provenance.errors import SketchMismatchError, TargetError
+from provenance.sketch.store import SketchStore, load_anchor
+
+APPROXIMATE_LABEL = ("approximate: projected-gradient sketches stored during training (docs/posthoc.md); "
+                     "confirm with exact replay (provenance attribute)")
+
+
+@dataclass
+class QueryTimings:
+    seconds_total: float = 0.0
+    seconds_target_gradients: float = 0.0
+    seconds_dots: float = 0.0
+    parts: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Anchor:
+    """One anchor ready for queries: its weights and Adam's preconditioner (float32)."""
+
+    step: int
+    weights: dict[str, torch.Tensor]
+    precond: dict[str, torch.Tensor]
+
+
+def load_anchors(store: SketchStore, params: dict[str, torch.Tensor]) -> dict[int, Anchor]:
+    """Every anchor of the store, read once (a query server keeps them; ~2 x model size each)."""
+    out = {}
+    for segment in store.segments:
+        if segment.anchor_step not in out:
+            weights, second, meta = load_anchor(store.anchor_path(segment.anchor_step))
+            out[segment.anchor_step] = Anchor(segment.anchor_step, weights, _preconditioners(second, meta, params))
+    return out
+
+
+def target_sketches(store: SketchStore, model: torch.nn.Module, targets: Any, task: Any = None,
+                    anchors: dict[int, Anchor] | None = None) -> torch.Tensor:
+    """(segments, K, dim): each target's preconditioned gradient at each segment's anchor, projected."""
+    from provenance.engine import CausalLMTask
+
+    task = task or CausalLMTask()
+    params = dict(model.named_parameters())
+    anchors = anchors if anchors is not None else load_anchors(store, params)
+    k = task.num_targets(targets)
+    projections = store.projections
+    out = torch.zeros(len(store.segments), k, projections.dim, dtype=torch.float32)
+    done: dict[int, torch.Tensor] = {}
+    names = list(params)
+    was_training = model.training
+    model.eval()
+    try:
+        for i, segment in enumerate(store.segments):
+            if segment.anchor_step in done:
+                out[i] = done[segment.anchor_step]
+                continue
+            anchor = anchors[segment.anchor_step]
+            with torch.no_grad():
+                for name, p in params.items():
+                    p.copy_(anchor.weights[name])
+            for j in range(k):  # one target per pass: a backward through all K rows would cost K times more
+                single = targets if k == 1 else task.select_targets(targets, [j])
+                loss = task.target_losses(model, single)[0]
+                grads = torch.autograd.grad(loss, [params[n] for n in names], allow_unused=True)
+                directed = {n: g.float() * anchor.precond[n] for n, g in zip(names, grads) if g is not None}
+                out[i, j] = projections.project_full(directed, torch.float32)
+            done[segment.anchor_step] = out[i]
+    finally:
+        model.train(was_training)
+    return out
+
+
+def _preconditioners(second: dict[str, torch.Tensor], meta: dict[str, str], params: dict) -> dict[str, torch.Tensor]:
+    """1 / (sqrt(v / (1 - beta2^n)) + eps) per parameter (float32); 0 where v == 0 (not updated yet)."""
+    n = int(meta.get("optimizer_step", "0"))
+    beta2, eps = float(meta["beta2"]), float(meta["eps"])
+    out = {}
+    for name, p in params.items():
+        v = second.get(name)
+        if v is None or n == 0:
+            out[name] = torch.zeros_like(p, dtype=torch.float32)
+            continue
+        v = v.to(torch.float64)
+        pre = 1.0 / ((v / (1 - beta2**n)).sqrt() + eps)
+        out[name] = torch.where(v > 0, pre, torch.zeros_like(pre)).to(torch.float32)
+    return out
+
+
+def chunk_values(store: SketchStore, sketches: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Dot every stored row with its segment's target sketches: (chunk_ids (n,), values (n, K)) over all
+    segments (a chunk appears once per segment it was trained in)."""
+    ids, values = [], []
+    for i, segment in enumerate(store.segments):
+        chunk_ids, rows = store.rows(segment)
+        if rows.shape[0] == 0:
+            continue
+        z = sketches[i].numpy().T  # (dim, K)
+        values.append(np.asarray(rows) @ z)
+        ids.append(np.asarray(chunk_ids))
+    if not ids:
+        return np.zeros(0, dtype=np.int64), np.zeros((0, sketches.shape[1]), dtype=np.float32)
+    return np.concatenate(ids), np.concatenate(values)
+
+
+def per_document(chunk_ids: np.ndarray, values: np.ndarray, chunk_doc: np.ndarray, doc_ids: list[str],
+                 target_ids: list[str]) -> pd.DataFrame:
+    """Sum to documents; rank and share as values.parquet does (share of the positive values)."""
+    doc_index = {d: i for i, d in enumerate(doc_ids)}
+    rows_doc = np.array([doc_index[d] for d in chunk_doc[chunk_ids]], dtype=np.int64) if len(chunk_ids) else np.zeros(0, np.int64)
+    frames = []
+    for j, target in enumerate(target_ids):
+        total = np.bincount(rows_doc, weights=values[:, j].astype(np.float64), minlength=len(doc_ids))
+        frame = pd.DataFrame({"doc_id": doc_ids, "target_id": target, "value": total})
+        frame["rank"] = frame["value"].rank(ascending=False, method="first").astype(np.int64)
+        positive = frame["value"].clip(lower=0).sum()
+        frame["share"] = frame["value"].clip(lower=0) / positive if positive > 0 else 0.0
+        frames.append(frame.sort_values("rank", kind="mergesort"))
+    out = pd.concat(frames, ignore_index=True)
+    out["approximate"] = True
+    return out
+
+
+class ApproximateQuery:
+    """A run's sketch store opened once (model skeleton, tokenizer, chunk map); `values(targets)` per query."""
+
+    def __init__(self, run_dir: str | Path):
+        from provenance.config import RunConfig
+        from provenance.data.tokenizer import load_tokenizer
+        from provenance.store.run_dir import RunDirectory
+        from provenance.store.tables import read_table
+        from provenance.train.model import build_model
+
+        self.run = RunDirectory.open(run_dir)
+        manifest = self.run.read_manifest()
+        self.config = RunConfig.from_json({k: v for k, v in manifest["config"].items() if k != "engine"})
+        if not self.config.sketch.enabled:
+            raise SketchMismatchError(
+                f"run {self.run.path} was trained without sketches (config sketch.enabled is false); "
+                "use exact replay (provenance attribute), or train with --sketch"
+            )
+        self.model = build_model(self.config.model, int(manifest["tokenizer"]["vocab_size"]), self.config.train.seed)
+        settings = sketch_settings(self.config.sketch)
+        self.store = SketchStore.open(self.run.path / "sketches", self.model, settings)
+        self.tokenizer = load_tokenizer(self.run.tokenizer_path)
+        chunks = read_table(self.run.chunks_path, "chunks")
+        self.chunk_doc = np.empty(len(chunks), dtype=object)
+        self.chunk_doc[chunks["chunk_id"].to_numpy()] = chunks["doc_id"].to_numpy()
+        self.doc_ids = read_table(self.run.corpus_path, "corpus")["doc_id"].tolist()
+        self.anchors = load_anchors(self.store, dict(self.model.named_parameters()))
+        self.timings = QueryTimings()
+
+    def use_store(self, store: SketchStore) -> None:
+        """Query another (already checked) store of the same model, e.g. a copy or a benchmark store."""
+        self.store = store
+        self.anchors = load_anchors(store, dict(self.model.named_parameters()))
+
+    def encode(self, targets: list[Any]) -> Any:
+        from provenance.train.prepare import encode_target_batch
+        from provenance.train.targets import check_targets
+
+        check_targets(list(targets), where="approximate query targets")
+        if not targets:
+            raise TargetError("an approximate query needs at least one target")
+        return encode_target_batch(self.tokenizer, list(targets), self.config.model.context_length)
+
+    def values(self, targets: list[Any]) -> pd.DataFrame:
+        """Approximate values per (document, target), labelled `approximate` = True."""
+        started = time.perf_counter()
+        batch = self.encode(targets)
+        sketches = target_sketches(self.store, self.model, batch, anchors=self.anchors)
+        self.last_sketches = sketches  # (segments, K, dim), for diagnostics
+        middle = time.perf_counter()
+        chunk_ids, values = chunk_values(self.store, sketches)
+        frame = per_document(chunk_ids, values, self.chunk_doc, self.doc_ids, [t.target_id for t in targets])
+        done = time.perf_counter()
+        self.timings = QueryTimings(done - started, middle - started, done - middle)
+        return frame
+
+
+def sketch_settings(sketch_config: Any) -> dict[str, Any]:
+    """The settings a store records and a query must match (from config.SketchConfig)."""
+    return {"seed": int(sketch_config.seed), "k_out": int(sketch_config.k_out), "k_in": int(sketch_config.k_in),
+            "k_vector": int(sketch_config.k_vector), "every": int(sketch_config.every)}
+
+
+def approximate_values(run_dir: str | Path, targets: list[Any]) -> pd.DataFrame:
+    """One-shot: open the run's sketches and value `targets` (TargetSpec list)."""
+    return ApproximateQuery(run_dir).values(targets)
