@@ -236,7 +236,7 @@ class AttributionEngine:
                     pre[id(p)] = linearize(self.optimizer, p, group, None, self.config.adam_denominator)
         deferred = [p for p, _ in self._uses if k and id(p) in self._groups and id(p) not in pre]
         if deferred and not self.config.per_token:
-            state.stored = self._stored_uses(deferred, total_rows if self._group is None else local_rows)
+            state.stored = self._stored_uses(deferred, local_rows)
         if pre:
             state.pre = pre
             state.values = torch.zeros(local_rows, k, dtype=dtype)
@@ -379,7 +379,7 @@ class AttributionEngine:
         return use.rule.dot(use.module, use.pname, record.saved, record.grad, z, False, state.budget)
 
     def _stored_uses(self, deferred: list[nn.Parameter], rows: int) -> set[tuple[str, str]]:
-        """Uses of deferred parameters whose per-row gradients are kept from backward, if all fit the cap."""
+        """Uses of deferred parameters whose per-row gradients are kept from backward, within keep_rows_mb."""
         # Owned weights: their per-row blocks exist anyway. Others: only vectors (biases, norm scales), whose
         # per-row gradients are cheap; a matmul weight autograd forms would need a second matmul either way.
         uses = [

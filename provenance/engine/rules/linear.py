@@ -124,7 +124,8 @@ class MatmulRule(LayerRule):
     def ghost_cost(self, module, saved, target_saved) -> int:
         """Multiply-adds of `ghost_dot` for one training call against one target call."""
         rows, tokens = saved.shape[0], saved[0].numel() // saved.shape[-1]
-        din, dout = _in_out(module)
+        weight = module.weight
+        din, dout = weight.shape if self.transposed else (weight[0].numel(), weight.shape[0])
         return rows * tokens * target_saved[0].numel() // target_saved.shape[-1] * target_saved.shape[0] * (din + dout)
 
     def ghost_dot(self, module, saved, grad, target_saved, target_grad, dtype):
@@ -153,22 +154,19 @@ class MatmulRule(LayerRule):
         # Output rows where every target direction is zero contribute nothing (e.g. the part of a tied
         # embedding/head direction that comes from the embedding use: only the targets' tokens' rows).
         live = zw.ne(0).any(dim=2).any(dim=0).nonzero().flatten()
-        if live.numel() < dout:
-            zw, b = zw[:, live], b[:, :, live]
         target_cost = k * rows * n * din * live.numel()
         player_cost = rows * n * din * dout + rows * k * din * dout
         if per_token or target_cost <= player_cost:
+            zw_live, b_live = (zw[:, live], b[:, :, live]) if live.numel() < dout else (zw, b)
             out = a.new_zeros(rows, n, k) if per_token else a.new_zeros(rows, k)
             for j in range(k):
-                projected = torch.matmul(a, zw[j].T)  # (rows, n, live dout)
-                contrib = (projected * b).sum(dim=2)
+                projected = torch.matmul(a, zw_live[j].T)  # (rows, n, live dout)
+                contrib = (projected * b_live).sum(dim=2)
                 if per_token:
                     out[:, :, j] = contrib
                 else:
                     out[:, j] = contrib.sum(dim=1)
             return out, "target"
-        if live.numel() < dout:  # the player route needs the full rows
-            zw, b = self._weight_view(module, z), self.factors(module, saved, grad)[1].to(dtype)
         block = max(1, budget_elems // max(1, din * dout))
         out = a.new_zeros(rows, k)
         flat_z = zw.reshape(k, -1)
@@ -177,13 +175,6 @@ class MatmulRule(LayerRule):
             per_row = torch.bmm(b[start:stop].transpose(1, 2), a[start:stop])  # (block, dout, din)
             out[start:stop] = per_row.reshape(stop - start, -1) @ flat_z.T
         return out, "player"
-
-
-def _in_out(module) -> tuple[int, int]:
-    weight = module.weight
-    if Conv1D is not None and isinstance(module, Conv1D):
-        return weight.shape[0], weight.shape[1]
-    return weight[0].numel(), weight.shape[0]
 
 
 @register(nn.Linear)
