@@ -40,6 +40,7 @@ class CaptureStore:
     on_grad: Callable[[Record], None] | None = None
     records: list[Record] = field(default_factory=list)
     leaves: list[torch.Tensor] = field(default_factory=list)  # outputs the hooks made into grad leaves
+    calls: dict[tuple[int, str], int] = field(default_factory=dict)  # (micro-batch, module): forward calls
 
     def by_module(self) -> dict[str, list[Record]]:
         out: dict[str, list[Record]] = {}
@@ -90,6 +91,8 @@ class Capturer:
                     "(e.g. explicit position_ids of shape (rows, tokens))."
                 )
             record = Record(name, module, rule, self._micro_batch, saved)
+            key = (self._micro_batch, name)
+            store.calls[key] = store.calls.get(key, 0) + 1
             keep = store.keep and (store.keep_only is None or name in store.keep_only)
             if keep:
                 store.records.append(record)

@@ -19,7 +19,9 @@ class EngineConfig:
         count) or "sample_mean" (mean over rows of each row's mean token loss).
     per_token: also return values split over the training tokens of each row.
     value_dtype: dtype of the value computation; None = float64 for float64 models, else float32.
-    memory_budget_mb: cap on transient per-player gradient blocks (the per-player route).
+    memory_budget_mb: cap on transient per-player gradient blocks (the per-player route); the buffer is
+        reused across steps, so it sits on top of the forward pass's peak. It fixes the summation order of
+        the batch gradient, so a replay takes it from the run's manifest.
     keep_rows_mb: cap on per-row gradients kept from backward for values taken after it (second order,
         Adam "current", many targets): within it, the per-row blocks that form the batch gradient anyway are
         kept ("stored" route: no extra matmul, memory rows x parameters); above it, they are re-derived
@@ -36,8 +38,11 @@ class EngineConfig:
     adam_denominator: which Adam second moment defines the fixed-state linearization.
         "current" (default): the denominator the optimizer really applies in this step (v_t includes this
             batch). Then h + sum_i d_i is exactly the real update and the ledger closes; values track real
-            leave-one-out retraining best (tests/engine/test_shapley_sanity.py). Values are contracted
-            after backward (one more per-row pass over the matmul weights).
+            leave-one-out retraining best (tests/engine/test_shapley_sanity.py). It needs the step's clipped
+            gradient: when the previous step was unclipped, matmul weights used once per step are valued
+            inside backward as if this step were unclipped too (clip factor 1), and the values are kept only
+            if it was; a clipped step re-derives them after backward from kept inputs (same numbers, bit for
+            bit, one more batched matmul). Other parameters are valued after backward.
         "previous" (DESIGN.md, the Adam follow-up paper): A_t = sqrt(v_{t-1}/(1-beta2^(t-1))) + eps, known
             before the step, so first-order values are formed inside backward at almost no cost. Elements
             never updated yet (v_{t-1} == 0) and an optimizer's first step use "current".
@@ -48,7 +53,7 @@ class EngineConfig:
     loss_reduction: Literal["token_mean", "sample_mean"] = "token_mean"
     per_token: bool = False
     value_dtype: torch.dtype | None = None
-    memory_budget_mb: float = 256.0
+    memory_budget_mb: float = 64.0
     keep_rows_mb: float = 4096.0
     weight_gradients: Literal["auto", "per_row", "matmul"] = "auto"
     adam_denominator: Literal["current", "previous"] = "current"

@@ -85,6 +85,11 @@ class _StepState:
     cross: dict[tuple[int, str], torch.Tensor | None] = field(default_factory=dict)  # ghost: other uses' z
     stored: set[tuple[str, str]] = field(default_factory=set)  # (module, param) uses on the stored route
     row_grads: dict[tuple[str, str, int], list[torch.Tensor]] = field(default_factory=dict)  # per call
+    buffers: dict[int, torch.Tensor] = field(default_factory=dict)  # pooled memory behind directions[id(p)]
+    pending: dict[tuple[int, int], int] = field(default_factory=dict)  # (micro-batch, id(p)): calls left
+    calls: dict[tuple[int, str], int] = field(default_factory=dict)  # (micro-batch, module): forward calls
+    early: set[int] = field(default_factory=set)  # Adam "current": valued in backward if the step is unclipped
+    early_parts: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)  # values, history
 
 
 class AttributionEngine:
@@ -134,6 +139,8 @@ class AttributionEngine:
         self.routes: dict[str, str] = {}
         self._observers: list[Callable[[Record, int, int], None]] = []
         self._group = _resolve_group(process_group)
+        self._pool = _BufferPool()
+        self._last_clip = 0.0  # the previous step's clip factor: 1.0 predicts an unclipped step
 
     # -- setup -------------------------------------------------------------------------------------
     def _parameter_uses(self) -> list[tuple[nn.Parameter, list[_Use]]]:
@@ -181,6 +188,7 @@ class AttributionEngine:
     def close(self) -> None:
         self._capturer.detach()
         rules.linear.release_scratch()
+        self._pool.clear()
 
     def __enter__(self) -> "AttributionEngine":
         return self
@@ -237,6 +245,7 @@ class AttributionEngine:
         deferred = [p for p, _ in self._uses if k and id(p) in self._groups and id(p) not in pre]
         if deferred and not self.config.per_token:
             state.stored = self._stored_uses(deferred, local_rows)
+            state.early = self._early_params(deferred, len(micro_batches), state.stored)
         if pre:
             state.pre = pre
             state.values = torch.zeros(local_rows, k, dtype=dtype)
@@ -253,9 +262,10 @@ class AttributionEngine:
                 use.module_name
                 for p in deferred
                 for use in self._uses_of[id(p)]
-                if (use.module_name, use.pname) not in state.stored
+                if (use.module_name, use.pname) not in state.stored or id(p) in state.early
             },
             on_grad=self._on_train_grad,
+            calls=state.calls,
         )
         step_loss = 0.0
         for p in self._owned:
@@ -282,6 +292,10 @@ class AttributionEngine:
             for p in self._owned:
                 p.requires_grad_(True)
             self._state = None
+            for buffer in state.buffers.values():
+                self._pool.give(buffer)
+            state.buffers.clear()
+            state.directions.clear()
 
         if self._group is not None:
             step_loss = _all_reduce_grads(self.optimizer, step_loss, self._group)
@@ -294,6 +308,9 @@ class AttributionEngine:
         if pre:
             values_first += state.values * clip
             history += state.history
+        self._last_clip = clip
+        if clip != 1.0:  # clipped: the denominators formed in backward are not the optimizer's; re-derive
+            state.early_parts.clear()
         if deferred:
             lin = self._linearize(clipped=True, only={id(p) for p in deferred})
             first, second, per_token, late_history = self._values_after(train_store, state, lin, clip, k)
@@ -328,6 +345,9 @@ class AttributionEngine:
             return
         start, stop = state.offsets[record.micro_batch], state.offsets[record.micro_batch + 1]
         for p, use in self._uses_by_module.get(record.module_name, []):
+            if id(p) in state.early:
+                self._value_early(p, use, record, state)
+                continue
             if (use.module_name, use.pname) in state.stored:
                 self._keep_rows(p, use, record, state)
                 continue
@@ -345,8 +365,72 @@ class AttributionEngine:
             if contrib is not None:
                 state.values[start:stop] += contrib
                 self.routes[f"{use.module_name}.{use.pname}"] = route
+            if z is not None:
+                self._done_with_call(p, record.micro_batch, state)
         for observer in self._observers:
             observer(record, start, stop)
+
+    def _early_params(
+        self, deferred: list[nn.Parameter], micro_batches: int, stored: set[tuple[str, str]]
+    ) -> set[int]:
+        """Adam's "current" denominator needs the step's (clipped) gradient. A matmul weight the engine forms
+        from per-row blocks in one call has its whole gradient in backward; if the previous step was
+        unclipped this one likely is too (clip factor 1), and then the denominator is known right there:
+        value it in backward and free the blocks (no 'stored' memory). Its inputs and output gradients are
+        still kept, so a step that does get clipped re-derives these values after backward, exactly.
+        Only weights on the stored route qualify: their batch gradient is formed the same way either way,
+        and so are their values, which are added in the same order: a step's numbers never depend on it."""
+        if (
+            self._last_clip != 1.0
+            or micro_batches != 1
+            or self._group is not None
+            or self.config.order != 1
+            or self.config.adam_denominator != "current"
+            or isinstance(self.optimizer, torch.optim.SGD)
+        ):
+            return set()
+        return {
+            id(p)
+            for p in deferred
+            if len(self._uses_of[id(p)]) == 1
+            and (self._uses_of[id(p)][0].module_name, self._uses_of[id(p)][0].pname) in stored
+            and id(p) in self._owned_ids
+            and isinstance(self._uses_of[id(p)][0].rule, rules.linear.MatmulRule)
+        }
+
+    def _value_early(self, p: nn.Parameter, use: _Use, record: Record, state: _StepState) -> None:
+        """Form p's batch gradient from per-row blocks and, if this call completes it, its values with the
+        denominator the optimizer will apply should the step be unclipped."""
+        if state.calls.get((record.micro_batch, use.module_name), 0) != 1:
+            state.early.discard(id(p))  # several calls: the gradient is complete only later: stored route
+            self._keep_rows(p, use, record, state)
+            return
+        total, pieces = use.rule.grad_and_rows(use.module, use.pname, record.saved, record.grad)
+        p.grad = total if p.grad is None else p.grad + total
+        entry = linearize(self.optimizer, p, self._groups[id(p)], p.grad, "current")
+        buffer = self._pool.take(self._num_targets * p.numel(), state.value_dtype)
+        try:
+            g_v = self._target_gradient(p, state.target_records, state.value_dtype, out=buffer)
+            z, history = entry.direction_and_history(g_v)
+            state.early_parts[id(p)] = (use.rule.dot_rows(use.module, use.pname, pieces, z), history)
+        finally:
+            self._pool.give(buffer)
+
+    def _done_with_call(self, p: nn.Parameter, micro_batch: int, state: _StepState) -> None:
+        """Count down the calls of p's modules in this micro-batch; after the last one of the last
+        micro-batch, p's direction goes back to the pool (K x its size: only a few are alive at a time)."""
+        key = (micro_batch, id(p))
+        left = state.pending.get(key)
+        if left is None:
+            left = sum(state.calls.get((micro_batch, use.module_name), 0) for use in self._uses_of[id(p)])
+        left -= 1
+        state.pending[key] = left
+        if left <= 0 and micro_batch == len(state.offsets) - 2:
+            del state.pending[key]
+            state.directions.pop(id(p), None)
+            buffer = state.buffers.pop(id(p), None)
+            if buffer is not None:
+                self._pool.give(buffer)
 
     def _dot_in_backward(
         self, p: nn.Parameter, use: _Use, record: Record, z: torch.Tensor, state: _StepState
@@ -413,18 +497,29 @@ class AttributionEngine:
         self.routes[f"{use.module_name}.{use.pname}"] = "stored"
 
     def _target_gradient(
-        self, p: nn.Parameter, records: dict[str, list[Record]], dtype, skip: str | None = None
+        self,
+        p: nn.Parameter,
+        records: dict[str, list[Record]],
+        dtype,
+        skip: str | None = None,
+        out: torch.Tensor | None = None,
     ) -> torch.Tensor | None:
-        """Each target's gradient for one parameter, summed over the parameter's uses: (K, *shape).
-        With `skip`: over the other uses only, None if there are none."""
+        """Each target's gradient for one parameter, summed over the parameter's uses: (K, *shape), written
+        into the flat buffer `out` when the rule can. With `skip`: over the other uses only, None if none."""
         g_v = None
-        for use in self._uses_of[id(p)]:
+        # Matmul uses first, so a tied embedding's scatter-add lands in the head's gradient in place.
+        uses = sorted(self._uses_of[id(p)], key=lambda use: not isinstance(use.rule, rules.linear.MatmulRule))
+        for use in uses:
             if use.module_name == skip:
                 continue
             for record in records.get(use.module_name, []):
-                part = use.rule.grads(use.module, use.pname, record.saved, record.grad, dtype)
-                g_v = part if g_v is None else g_v.add_(part)  # rules return fresh tensors: accumulate in place
+                if g_v is None:
+                    g_v = use.rule.grads(use.module, use.pname, record.saved, record.grad, dtype, out=out)
+                else:
+                    use.rule.add_grads(use.module, use.pname, record.saved, record.grad, g_v)
         if g_v is None and skip is None:
+            if out is not None and out.dtype == dtype:
+                return out[: self._num_targets * p.numel()].view(self._num_targets, *p.shape).zero_()
             return torch.zeros(self._num_targets, *p.shape, dtype=dtype)
         return g_v
 
@@ -433,7 +528,9 @@ class AttributionEngine:
         z = state.directions.get(id(p))
         if z is None:  # once per parameter and step, however many uses and micro-batches
             entry = state.pre[id(p)]
-            g_v = self._target_gradient(p, state.target_records, state.value_dtype)
+            buffer = self._pool.take(self._num_targets * p.numel(), state.value_dtype)
+            state.buffers[id(p)] = buffer
+            g_v = self._target_gradient(p, state.target_records, state.value_dtype, out=buffer)
             z, history = entry.direction_and_history(g_v)
             state.directions[id(p)] = z
             state.history += history
@@ -530,7 +627,14 @@ class AttributionEngine:
             entry = lin.get(id(p))
             if entry is None:
                 continue  # not updated by the optimizer: no player moves it
-            g_v = self._target_gradient(p, state.target_records, dtype)
+            early = state.early_parts.pop(id(p), None)
+            if early is not None:  # valued in backward (one call, one micro-batch), kept in this order
+                out += early[0]
+                history += early[1]
+                self.routes[f"{uses[0].module_name}.{uses[0].pname}"] = "backward"
+                continue
+            buffer = self._pool.take(k * p.numel(), dtype)
+            g_v = self._target_gradient(p, state.target_records, dtype, out=buffer)
             first, carried = entry.direction_and_history(g_v)
             history += carried
             directions = [first.mul_(clip)]
@@ -542,7 +646,15 @@ class AttributionEngine:
                 if (use.module_name, use.pname) in state.stored:
                     for mb in range(len(state.offsets) - 1):
                         start, stop = state.offsets[mb], state.offsets[mb + 1]
-                        for per_row in state.row_grads.pop((use.module_name, use.pname, mb), []):
+                        kept = state.row_grads.pop((use.module_name, use.pname, mb), [])
+                        if id(p) in state.early:  # valued in backward, but the step was clipped: the same
+                            kept = [  # blocks again from the kept inputs, so the numbers match the stored route
+                                use.rule.grad_and_rows(use.module, use.pname, r.saved, r.grad)[1]
+                                for r in train_records.get(use.module_name, [])
+                                if r.micro_batch == mb
+                            ]
+                            self.routes[f"{use.module_name}.{use.pname}"] = "player"
+                        for per_row in kept:
                             out[start:stop] += use.rule.dot_rows(use.module, use.pname, per_row, z)
                     continue
                 for record in train_records.get(use.module_name, []):
@@ -558,12 +670,42 @@ class AttributionEngine:
                         out[start:stop] += contrib.sum(dim=1)
                     else:
                         out[start:stop] += contrib
+            del z, first
+            self._pool.give(buffer)
         train_store.records.clear()
         values_first = out[:, :k]
         values_second = out[:, :k] + out[:, k:] if order2 else None
         if per_token is not None:
             per_token = per_token[:, :, :k] + per_token[:, :, k:] if order2 else per_token
         return values_first, values_second, per_token, history
+
+
+_MMAP_THRESHOLD_MAX = 32 * 2**20
+
+
+class _BufferPool:
+    """Flat buffers for target directions, kept across steps: a fresh K x parameter-sized tensor on every
+    step costs its page faults again (on CPU they made forming 16 targets' directions ~3x slower than the
+    matmul itself). Directions are handed back as soon as their parameter is valued, so only a few
+    parameters' worth is alive at a time."""
+
+    def __init__(self) -> None:
+        self._free: list[torch.Tensor] = []
+
+    def take(self, numel: int, dtype: torch.dtype) -> torch.Tensor:
+        fits = [i for i, b in enumerate(self._free) if b.dtype == dtype and b.numel() >= numel]
+        if fits:
+            return self._free.pop(min(fits, key=lambda i: self._free[i].numel()))
+        # Above glibc's largest mmap threshold (32 MiB), so a buffer kept across steps is its own mapping
+        # and never pins the heap (which would keep freed activation memory from going back).
+        min_numel = (_MMAP_THRESHOLD_MAX + 4096) // torch.finfo(dtype).bits * 8 if dtype.is_floating_point else 0
+        return torch.empty(max(numel, min_numel), dtype=dtype)
+
+    def give(self, buffer: torch.Tensor) -> None:
+        self._free.append(buffer)
+
+    def clear(self) -> None:
+        self._free.clear()
 
 
 def _resolve_group(process_group: Any) -> Any:

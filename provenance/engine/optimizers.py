@@ -53,23 +53,33 @@ class Linearization:
 
     def direction_and_history(self, g_v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(direction(g_v), -h . g_v per target), turning g_v into the direction in place: with K
-        targets each is K x the parameter's size, and fresh memory of that size is slow on CPU."""
-        decay_part = -self.decay * _dots(g_v, self.param.detach().to(g_v.dtype))
+        targets each is K x the parameter's size, and every pass over memory of that size costs on CPU.
+        Two passes: z = coef * g_v, then one dot of z with a parameter-sized vector w such that
+        z . w = -h . g_v (the decay part p . g_v is (p / coef) . z; coef > 0 elementwise)."""
+        if self.scale == 0:  # no step: z = 0, only the decay part of h remains
+            decay_part = -self.decay * _dots(g_v, self.param.detach().to(g_v.dtype))
+            return g_v.zero_(), decay_part
+        dtype = g_v.dtype
+        p = self.param.detach().to(dtype)
         if self.precond is None:
             z = g_v.mul_(self.scale)
+            w = p * (self.decay / self.scale) if self.decay else None
         else:
-            z = g_v.mul_(self.precond.to(g_v.dtype)).mul_(self.scale)
-        return z, decay_part + self._carried_value(z)
-
-    def _carried_value(self, direction: torch.Tensor) -> torch.Tensor:
-        """-(momentum and L2 parts of h) . g_v, from the direction: (m * precond) . g_v = (m . direction) / scale."""
-        value = torch.zeros(direction.shape[0], dtype=direction.dtype)
-        if self.scale != 0:
-            if self.momentum is not None and self.momentum_scale:
-                value = value + (self.momentum_scale / self.scale) * _dots(direction, self.momentum.to(direction.dtype))
-            if self.l2_scale:
-                value = value + (self.l2_scale / self.scale) * _dots(direction, self.param.detach().to(direction.dtype))
-        return -value
+            coef = self.precond.to(dtype) * self.scale
+            w = p / coef * self.decay if self.decay else None
+            if _transposed_view(g_v):  # multiply in g_v's own memory order: strided reads of coef are slow
+                g_v.transpose(1, 2).mul_(coef.T.contiguous())
+                z = g_v
+            else:
+                z = g_v.mul_(coef)
+        if self.momentum is not None and self.momentum_scale:
+            part = self.momentum.to(dtype) * (self.momentum_scale / self.scale)
+            w = part if w is None else w.add_(part)
+        if self.l2_scale:
+            w = p * (self.l2_scale / self.scale) if w is None else w.add_(p, alpha=self.l2_scale / self.scale)
+        if w is None:
+            return z, torch.zeros(z.shape[0], dtype=dtype)
+        return z, -_dots(z, w)
 
     def history(self) -> torch.Tensor:
         """h itself (only the second order needs it materialized)."""
@@ -82,11 +92,16 @@ class Linearization:
         return out
 
 
+def _transposed_view(stacked: torch.Tensor) -> bool:
+    """True for a (K, a, b) view whose memory is a contiguous (K, b, a) tensor (GPT-2 Conv1D's layout)."""
+    return not stacked.is_contiguous() and stacked.dim() == 3 and stacked.transpose(1, 2).is_contiguous()
+
+
 def _dots(stacked: torch.Tensor, single: torch.Tensor) -> torch.Tensor:
     """(K,) dots of each stacked[k] with `single`, reading `stacked` in its own memory order (a transposed
     view stays uncopied; `single`, one parameter's size, is the one reordered when needed)."""
     k = stacked.shape[0]
-    if not stacked.is_contiguous() and stacked.dim() == 3 and stacked.transpose(1, 2).is_contiguous():
+    if _transposed_view(stacked):
         return stacked.transpose(1, 2).reshape(k, -1) @ single.T.reshape(-1)
     return stacked.reshape(k, -1) @ single.reshape(-1)
 

@@ -32,9 +32,23 @@ class LayerRule:
     def rows(self, saved: Any) -> int:
         raise NotImplementedError
 
-    def grads(self, module: nn.Module, pname: str, saved: Any, grad: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """Per-row gradient of parameter `pname`: (rows, *param.shape)."""
+    def grads(
+        self,
+        module: nn.Module,
+        pname: str,
+        saved: Any,
+        grad: torch.Tensor,
+        dtype: torch.dtype,
+        out: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Per-row gradient of parameter `pname`: (rows, *param.shape). `out`, when given, is a flat buffer of
+        at least that many elements that the rule may write the result into (a reused buffer saves the page
+        faults of fresh memory of K x parameter size); the result may or may not live in it."""
         raise NotImplementedError
+
+    def add_grads(self, module: nn.Module, pname: str, saved: Any, grad: torch.Tensor, into: torch.Tensor) -> None:
+        """into += per-row gradient (same shape as `grads` returns): tied weights sum their uses' parts."""
+        into.add_(self.grads(module, pname, saved, grad, into.dtype))
 
     def owns_grad(self, pname: str) -> bool:
         """True if the engine forms this parameter's batch gradient itself (per-row blocks, then summed)

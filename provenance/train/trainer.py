@@ -49,13 +49,21 @@ from provenance.train.runtime import deterministic_runtime
 from provenance.train.targets import REGISTERED_BEFORE, TargetSpec, targets_frame
 
 
-def engine_config(config: RunConfig) -> Any:
+# Engine settings that fix how training sums its gradients (so a replay is bit-identical) or what a value
+# means: a replay takes them from the run's manifest, not from this version's defaults.
+RECORDED_ENGINE_SETTINGS = ("memory_budget_mb", "keep_rows_mb", "weight_gradients", "adam_denominator")
+
+
+def engine_config(config: RunConfig, recorded: dict[str, Any] | None = None) -> Any:
+    """The engine's settings for a run; `recorded`: the manifest's config["engine"] of an existing run."""
     from provenance.engine import EngineConfig
 
+    kept = {key: recorded[key] for key in RECORDED_ENGINE_SETTINGS if recorded and key in recorded}
     return EngineConfig(
         order=config.attribution.order,
         max_grad_norm=config.train.max_grad_norm or None,
         loss_reduction=config.attribution.loss_reduction,
+        **kept,
     )
 
 
@@ -86,7 +94,8 @@ def make_trajectory(
         if run is None:
             raise ValueError("make_trajectory: a checkpoint needs its run directory")
         state = load_checkpoint(run, checkpoint, model, optimizer)
-    engine = AttributionEngine(model, optimizer, engine_config(cfg), task=CausalLMTask(),
+    recorded = run.read_manifest().get("config", {}).get("engine") if run is not None and run.exists() else None
+    engine = AttributionEngine(model, optimizer, engine_config(cfg, recorded), task=CausalLMTask(),
                                process_group=dist.process_group)
     try:
         engine.set_targets(target_batch)

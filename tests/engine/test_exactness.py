@@ -114,6 +114,7 @@ def run_case(
     adam_denominator: str = "current",
     keep_rows_mb: float = 4096.0,
     weight_gradients: str = "auto",
+    max_grad_norm: float = MAX_GRAD_NORM,
 ) -> Outcome:
     build = BUILDERS[model_name]
     token_losses = token_losses_for(model_name)
@@ -123,7 +124,7 @@ def run_case(
     gen = torch.Generator().manual_seed(seed)
     targets = targets_for(model_name, gen, k=3)
     config = EngineConfig(
-        order=order, max_grad_norm=MAX_GRAD_NORM, loss_reduction=reduction, per_token=per_token,
+        order=order, max_grad_norm=max_grad_norm, loss_reduction=reduction, per_token=per_token,
         adam_denominator=adam_denominator, keep_rows_mb=keep_rows_mb, weight_gradients=weight_gradients,
     )
     max_gap, max_gradient_gap, left_out = 0.0, 0.0, 0
@@ -138,14 +139,14 @@ def run_case(
                 shadow, shadow_optimizer = ref.clone_training_state(model, optimizer, build)
                 expected = ref.reference_step(
                     shadow, shadow_optimizer, batches, targets, token_losses, reduction,
-                    MAX_GRAD_NORM, per_token=per_token, adam_denominator=adam_denominator,
+                    max_grad_norm, per_token=per_token, adam_denominator=adam_denominator,
                 )
                 real_dw = ref.real_update(
-                    shadow, shadow_optimizer, build, batches, token_losses, reduction, MAX_GRAD_NORM
+                    shadow, shadow_optimizer, build, batches, token_losses, reduction, max_grad_norm
                 )
                 before = weights_of(model)
             result = engine.step([to_engine(model_name, b) for b in batches])
-            ref.plain_training_step(twin, twin_optimizer, batches, token_losses, reduction, MAX_GRAD_NORM)
+            ref.plain_training_step(twin, twin_optimizer, batches, token_losses, reduction, max_grad_norm)
             if len(engine_grads.steps) != step + 1:
                 raise AssertionError("the engine did not call optimizer.step() exactly once per step")
             grad_gap, weight_gap, left_out = compare_training(model, twin, engine_grads, twin_grads, adaptive)
@@ -165,12 +166,15 @@ def run_case(
     )
 
 
-def check_outcome(outcome: Outcome, order: int = 2) -> dict[str, MatrixError]:
+def check_outcome(outcome: Outcome, order: int = 2, clipped: bool = True) -> dict[str, MatrixError]:
     """Assert every field of the compared step against the reference; return the value errors."""
     r, e = outcome.result, outcome.expected
     if outcome.exact_update:
         assert outcome.linearization_error < 1e-12, "reference self-check: h + sum d_i != real dw"
-    assert e.clip_factor < 1.0, "the case must exercise clipping"
+    if clipped:
+        assert e.clip_factor < 1.0, "the case must exercise clipping"
+    else:
+        assert e.clip_factor == 1.0, "the case must leave the step unclipped"
     assert outcome.max_gradient_gap <= WEIGHT_TOL, f"optimizer sees another gradient: {outcome.max_gradient_gap:.3e}"
     assert outcome.max_weight_gap <= WEIGHT_TOL, f"engine weights drift from plain training: {outcome.max_weight_gap:.3e}"
     assert outcome.engine_update_error < 1e-12
@@ -252,6 +256,48 @@ def test_ghost_route_first_order_sgd(model_name: str, monkeypatch: pytest.Monkey
     per_row = run_case(model_name, "sgd_momentum", order=1, weight_gradients="per_row")
     check_outcome(per_row, order=1)
     assert "ghost" not in set(per_row.result.routes.values())
+
+
+def _never_early(self, *args):
+    return set()
+
+
+def _always_predict_unclipped(original):
+    def wrapped(self, *args):
+        self._last_clip = 1.0
+        return original(self, *args)
+
+    return wrapped
+
+
+@pytest.mark.parametrize("model_name", ["gpt2", "llama", "cnn"])
+def test_adam_current_valued_in_backward_when_unclipped(model_name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Adam "current", first order, unclipped steps: matmul weights with one call are valued inside backward
+    with the denominator the optimizer then applies (no per-row blocks kept to the end). Exact against the
+    brute force, and bit for bit the numbers of the stored route."""
+    outcome = run_case(model_name, "adamw", order=1, max_grad_norm=1e6)
+    check_outcome(outcome, order=1, clipped=False)
+    early = [name for name, route in outcome.result.routes.items() if route == "backward"]
+    assert early, outcome.result.routes
+    monkeypatch.setattr(AttributionEngine, "_early_params", _never_early)
+    stored = run_case(model_name, "adamw", order=1, max_grad_norm=1e6)
+    assert all(stored.result.routes[name] == "stored" for name in early), stored.result.routes
+    assert torch.equal(outcome.result.values_first, stored.result.values_first)
+    assert torch.equal(outcome.result.history_term, stored.result.history_term)
+
+
+@pytest.mark.parametrize("model_name", ["gpt2", "llama"])
+def test_adam_current_predicted_unclipped_but_clipped(model_name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The in-backward values assume an unclipped step; when the step is clipped after all, they are thrown
+    away and the same per-row blocks are formed again from kept inputs: exact, and equal to the stored route."""
+    monkeypatch.setattr(AttributionEngine, "_early_params", _always_predict_unclipped(AttributionEngine._early_params))
+    outcome = run_case(model_name, "adamw", order=1)
+    check_outcome(outcome, order=1)
+    assert "player" in set(outcome.result.routes.values()), outcome.result.routes  # the blocks formed again
+    monkeypatch.setattr(AttributionEngine, "_early_params", _never_early)
+    stored = run_case(model_name, "adamw", order=1)
+    assert torch.equal(outcome.result.values_first, stored.result.values_first)
+    assert torch.equal(outcome.result.history_term, stored.result.history_term)
 
 
 def test_matmul_weight_gradients_with_adam() -> None:

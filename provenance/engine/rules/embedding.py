@@ -31,15 +31,24 @@ class EmbeddingRule(LayerRule):
     def rows(self, saved) -> int:
         return int(saved.shape[0])
 
-    def grads(self, module, pname, saved, grad, dtype):
+    def grads(self, module, pname, saved, grad, dtype, out=None):
+        rows = saved.shape[0]
+        numel = rows * module.weight.numel()
+        if out is not None and out.dtype == dtype and out.numel() >= numel:
+            result = out[:numel].view(rows, *module.weight.shape).zero_()
+        else:
+            result = torch.zeros(rows, *module.weight.shape, dtype=dtype, device=grad.device)
+        self.add_grads(module, pname, saved, grad, result)
+        return result
+
+    def add_grads(self, module, pname, saved, grad, into):
+        """A scatter-add straight into `into`: no dense (rows, vocab, dim) temporary for a tied head."""
         rows = saved.shape[0]
         ids = saved.reshape(rows, -1)
-        b = grad.reshape(rows, ids.shape[1], -1).to(dtype)
+        b = grad.reshape(rows, ids.shape[1], -1).to(into.dtype)
         valid = ids >= 0
-        out = torch.zeros(rows, *module.weight.shape, dtype=dtype, device=b.device)
         row_index = torch.arange(rows, device=ids.device).unsqueeze(1).expand_as(ids)
-        out.index_put_((row_index[valid], ids[valid]), b[valid], accumulate=True)
-        return out
+        into.index_put_((row_index[valid], ids[valid]), b[valid], accumulate=True)
 
     def keeps_rows(self, pname: str) -> bool:
         return False  # a row's gradient is dense (vocab, dim) though it touches few rows: gather after instead

@@ -60,12 +60,16 @@ class MatmulRule(LayerRule):
         """z (K, *weight.shape) as (K, dout, din)."""
         return z.transpose(1, 2) if self.transposed else z.reshape(z.shape[0], module.weight.shape[0], -1)
 
-    def grads(self, module, pname, saved, grad, dtype):
+    def grads(self, module, pname, saved, grad, dtype, out=None):
         a, b = self.factors(module, saved, grad)
         a, b = a.to(dtype), b.to(dtype)
         if pname == "bias":
             return b.sum(dim=1)
-        per_row = torch.bmm(b.transpose(1, 2), a)  # (rows, dout, din)
+        rows, din, dout = a.shape[0], a.shape[2], b.shape[2]
+        if out is not None and out.dtype == dtype and out.numel() >= rows * dout * din:
+            per_row = torch.bmm(b.transpose(1, 2), a, out=out[: rows * dout * din].view(rows, dout, din))
+        else:
+            per_row = torch.bmm(b.transpose(1, 2), a)  # (rows, dout, din)
         if self.transposed:
             # A view, not a copy: directions formed from it keep the (dout, din) memory order, so the dots
             # with per-row blocks read them without another transposed copy (K x parameter size each).

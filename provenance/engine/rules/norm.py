@@ -1,7 +1,9 @@
 """LayerNorm and RMSNorm scales and biases: y = xhat * w (+ bias), so g_r(w) = sum_n b_rn * xhat_rn.
 
-xhat is recomputed in the forward hook with the module's own arithmetic (Llama's RMSNorm normalizes in
-float32 and casts back), so the per-row gradients equal autograd's to the bit pattern."""
+xhat is recomputed with the module's own arithmetic (Llama's RMSNorm normalizes in float32 and casts back),
+so the per-row gradients equal autograd's to the bit pattern. It is recomputed when the gradient arrives,
+from the input autograd keeps anyway: a copy made in the forward hook would add a residual-stream-sized
+tensor per norm to the forward peak."""
 
 from __future__ import annotations
 
@@ -17,8 +19,7 @@ class ScaleRule(LayerRule):
         raise NotImplementedError
 
     def capture(self, module, args, output):
-        x = args[0].detach()
-        return self.normalized(module, x)
+        return args[0].detach()
 
     def rows(self, saved) -> int:
         return int(saved.shape[0])
@@ -26,11 +27,11 @@ class ScaleRule(LayerRule):
     def _flat(self, module, saved, grad, dtype):
         rows = saved.shape[0]
         width = module.weight.numel()
-        xhat = saved.reshape(rows, -1, width).to(dtype)
+        xhat = self.normalized(module, saved).reshape(rows, -1, width).to(dtype)
         b = grad.reshape(rows, -1, width).to(dtype)
         return xhat, b
 
-    def grads(self, module, pname, saved, grad, dtype):
+    def grads(self, module, pname, saved, grad, dtype, out=None):
         xhat, b = self._flat(module, saved, grad, dtype)
         per_row = (b * xhat).sum(dim=1) if pname == "weight" else b.sum(dim=1)
         return per_row.reshape(per_row.shape[0], *module.weight.shape)
