@@ -39,10 +39,10 @@ class EngineConfig:
         "current" (default): the denominator the optimizer really applies in this step (v_t includes this
             batch). Then h + sum_i d_i is exactly the real update and the ledger closes; values track real
             leave-one-out retraining best (tests/engine/test_shapley_sanity.py). It needs the step's clipped
-            gradient: when the previous step was unclipped, matmul weights used once per step are valued
-            inside backward as if this step were unclipped too (clip factor 1), and the values are kept only
-            if it was; a clipped step re-derives them after backward from kept inputs (same numbers, bit for
-            bit, one more batched matmul). Other parameters are valued after backward.
+            gradient: matmul weights used once per step are formed in backward and, when the previous step
+            was unclipped, valued there as if this step were unclipped too (clip factor 1); a clipped step
+            re-derives them after backward from kept inputs (the same numbers, one more batched matmul).
+            Other parameters are valued after backward.
         "previous" (DESIGN.md, the Adam follow-up paper): A_t = sqrt(v_{t-1}/(1-beta2^(t-1))) + eps, known
             before the step, so first-order values are formed inside backward at almost no cost. Elements
             never updated yet (v_{t-1} == 0) and an optimizer's first step use "current".
@@ -53,7 +53,7 @@ class EngineConfig:
     loss_reduction: Literal["token_mean", "sample_mean"] = "token_mean"
     per_token: bool = False
     value_dtype: torch.dtype | None = None
-    memory_budget_mb: float = 64.0
+    memory_budget_mb: float = 160.0
     keep_rows_mb: float = 4096.0
     weight_gradients: Literal["auto", "per_row", "matmul"] = "auto"
     adam_denominator: Literal["current", "previous"] = "current"

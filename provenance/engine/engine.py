@@ -35,7 +35,7 @@ from ..errors import BatchError, NonFiniteLossError
 from . import rules  # noqa: F401  (registers the layer rules)
 from .capture import Capturer, CaptureStore, Record
 from .config import EngineConfig
-from .optimizers import Linearization, check_optimizer, linearize, needs_gradient
+from .optimizers import Linearization, _transposed_view, check_optimizer, linearize, needs_gradient
 from .registry import LayerRule, tracked_modules
 from .task import CausalLMTask, Task
 
@@ -89,6 +89,7 @@ class _StepState:
     pending: dict[tuple[int, int], int] = field(default_factory=dict)  # (micro-batch, id(p)): calls left
     calls: dict[tuple[int, str], int] = field(default_factory=dict)  # (micro-batch, module): forward calls
     early: set[int] = field(default_factory=set)  # Adam "current": valued in backward if the step is unclipped
+    predict_unclipped: bool = False  # the previous step was unclipped
     early_parts: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)  # values, history
 
 
@@ -244,8 +245,9 @@ class AttributionEngine:
                     pre[id(p)] = linearize(self.optimizer, p, group, None, self.config.adam_denominator)
         deferred = [p for p, _ in self._uses if k and id(p) in self._groups and id(p) not in pre]
         if deferred and not self.config.per_token:
-            state.stored = self._stored_uses(deferred, local_rows)
-            state.early = self._early_params(deferred, len(micro_batches), state.stored)
+            state.early = self._early_params(deferred, len(micro_batches), local_rows)
+            state.predict_unclipped = self._last_clip == 1.0
+            state.stored = self._stored_uses([p for p in deferred if id(p) not in state.early], local_rows)
         if pre:
             state.pre = pre
             state.values = torch.zeros(local_rows, k, dtype=dtype)
@@ -262,7 +264,7 @@ class AttributionEngine:
                 use.module_name
                 for p in deferred
                 for use in self._uses_of[id(p)]
-                if (use.module_name, use.pname) not in state.stored or id(p) in state.early
+                if (use.module_name, use.pname) not in state.stored
             },
             on_grad=self._on_train_grad,
             calls=state.calls,
@@ -370,43 +372,46 @@ class AttributionEngine:
         for observer in self._observers:
             observer(record, start, stop)
 
-    def _early_params(
-        self, deferred: list[nn.Parameter], micro_batches: int, stored: set[tuple[str, str]]
-    ) -> set[int]:
+    def _early_params(self, deferred: list[nn.Parameter], micro_batches: int, rows: int) -> set[int]:
         """Adam's "current" denominator needs the step's (clipped) gradient. A matmul weight the engine forms
-        from per-row blocks in one call has its whole gradient in backward; if the previous step was
-        unclipped this one likely is too (clip factor 1), and then the denominator is known right there:
-        value it in backward and free the blocks (no 'stored' memory). Its inputs and output gradients are
-        still kept, so a step that does get clipped re-derives these values after backward, exactly.
-        Only weights on the stored route qualify: their batch gradient is formed the same way either way,
-        and so are their values, which are added in the same order: a step's numbers never depend on it."""
+        from per-row blocks in one call has its whole batch gradient in backward; if this step is unclipped
+        (clip factor 1), the denominator the optimizer will apply is known right there, so the weight can be
+        valued in backward with blocks in a reused buffer (none kept to the end of backward). Its inputs and
+        output gradients are kept: a clipped step re-derives the same blocks after backward. Blocks, sums
+        and dots are formed the same way on both paths, so a step's numbers never depend on the path.
+        Weights whose blocks exceed memory_budget_mb take the stored route instead."""
         if (
-            self._last_clip != 1.0
-            or micro_batches != 1
+            micro_batches != 1
             or self._group is not None
             or self.config.order != 1
+            or self.config.per_token
             or self.config.adam_denominator != "current"
             or isinstance(self.optimizer, torch.optim.SGD)
         ):
             return set()
+        budget = self.config.memory_budget_mb * 2**20
         return {
             id(p)
             for p in deferred
             if len(self._uses_of[id(p)]) == 1
-            and (self._uses_of[id(p)][0].module_name, self._uses_of[id(p)][0].pname) in stored
             and id(p) in self._owned_ids
             and isinstance(self._uses_of[id(p)][0].rule, rules.linear.MatmulRule)
+            and rows * p.numel() * p.element_size() <= budget
         }
 
     def _value_early(self, p: nn.Parameter, use: _Use, record: Record, state: _StepState) -> None:
-        """Form p's batch gradient from per-row blocks and, if this call completes it, its values with the
-        denominator the optimizer will apply should the step be unclipped."""
+        """Form p's batch gradient from per-row blocks (in a reused buffer) and, when the step is predicted
+        unclipped, its values with the denominator the optimizer will then apply."""
         if state.calls.get((record.micro_batch, use.module_name), 0) != 1:
-            state.early.discard(id(p))  # several calls: the gradient is complete only later: stored route
+            # Several calls: the gradient is complete only later. Keep this call's blocks; re-derive the rest.
+            state.early.discard(id(p))
+            state.stored.add((use.module_name, use.pname))
             self._keep_rows(p, use, record, state)
             return
-        total, pieces = use.rule.grad_and_rows(use.module, use.pname, record.saved, record.grad)
+        total, pieces = use.rule.grad_and_rows(use.module, use.pname, record.saved, record.grad, reuse=True)
         p.grad = total if p.grad is None else p.grad + total
+        if not state.predict_unclipped:
+            return
         entry = linearize(self.optimizer, p, self._groups[id(p)], p.grad, "current")
         buffer = self._pool.take(self._num_targets * p.numel(), state.value_dtype)
         try:
@@ -633,28 +638,25 @@ class AttributionEngine:
                 history += early[1]
                 self.routes[f"{uses[0].module_name}.{uses[0].pname}"] = "backward"
                 continue
-            buffer = self._pool.take(k * p.numel(), dtype)
+            buffer = self._pool.take(ncols * p.numel(), dtype)
             g_v = self._target_gradient(p, state.target_records, dtype, out=buffer)
             first, carried = entry.direction_and_history(g_v)
             history += carried
-            directions = [first.mul_(clip)]
-            if order2:
-                directions.append(entry.direction(hvps.pop(id(p)).to(dtype)).mul_(clip))
-            z = torch.cat(directions) if order2 else directions[0]
-            del g_v, directions
+            z = _with_second_order(first, buffer, entry, hvps.pop(id(p)).to(dtype)) if order2 else first
+            z.mul_(clip)
+            del g_v, first
             for use in uses:
+                if id(p) in state.early:  # not valued in backward (clipped step): the same blocks again
+                    for record in train_records.get(use.module_name, []):
+                        _, per_row = use.rule.grad_and_rows(use.module, use.pname, record.saved, record.grad, reuse=True)
+                        start, stop = state.offsets[record.micro_batch], state.offsets[record.micro_batch + 1]
+                        out[start:stop] += use.rule.dot_rows(use.module, use.pname, per_row, z)
+                    self.routes[f"{use.module_name}.{use.pname}"] = "player"
+                    continue
                 if (use.module_name, use.pname) in state.stored:
                     for mb in range(len(state.offsets) - 1):
                         start, stop = state.offsets[mb], state.offsets[mb + 1]
-                        kept = state.row_grads.pop((use.module_name, use.pname, mb), [])
-                        if id(p) in state.early:  # valued in backward, but the step was clipped: the same
-                            kept = [  # blocks again from the kept inputs, so the numbers match the stored route
-                                use.rule.grad_and_rows(use.module, use.pname, r.saved, r.grad)[1]
-                                for r in train_records.get(use.module_name, [])
-                                if r.micro_batch == mb
-                            ]
-                            self.routes[f"{use.module_name}.{use.pname}"] = "player"
-                        for per_row in kept:
+                        for per_row in state.row_grads.pop((use.module_name, use.pname, mb), []):
                             out[start:stop] += use.rule.dot_rows(use.module, use.pname, per_row, z)
                     continue
                 for record in train_records.get(use.module_name, []):
@@ -670,7 +672,7 @@ class AttributionEngine:
                         out[start:stop] += contrib.sum(dim=1)
                     else:
                         out[start:stop] += contrib
-            del z, first
+            del z
             self._pool.give(buffer)
         train_store.records.clear()
         values_first = out[:, :k]
@@ -681,6 +683,25 @@ class AttributionEngine:
 
 
 _MMAP_THRESHOLD_MAX = 32 * 2**20
+
+
+def _with_second_order(first: torch.Tensor, buffer: torch.Tensor, entry: Linearization, hvp: torch.Tensor):
+    """The (2K, *shape) directions [first; coef * hvp]. When `first` was formed at the start of `buffer`,
+    the second-order half is written right after it in the same memory order, so the dots read one block
+    (no concatenated or re-laid-out copy of 2K x the parameter's size)."""
+    k = first.shape[0]
+    numel = first.numel()
+    if first.data_ptr() != buffer.data_ptr() or buffer.numel() < 2 * numel:
+        return torch.cat([first, entry.direction(hvp)])
+    if first.is_contiguous():
+        z = buffer[: 2 * numel].view(2 * k, *first.shape[1:])
+    elif _transposed_view(first):
+        z = buffer[: 2 * numel].view(2 * k, first.shape[2], first.shape[1]).transpose(1, 2)
+    else:
+        return torch.cat([first, entry.direction(hvp)])
+    z[k:].copy_(hvp)
+    entry.scale_in_place(z[k:])
+    return z
 
 
 class _BufferPool:

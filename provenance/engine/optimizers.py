@@ -51,6 +51,16 @@ class Linearization:
             return g_v * self.scale
         return (g_v * self.precond.to(g_v.dtype)).mul_(self.scale)
 
+    def scale_in_place(self, g: torch.Tensor) -> torch.Tensor:
+        """g *= coef, in g's own memory order (strided reads of coef over a transposed view are slow)."""
+        if self.precond is None:
+            return g.mul_(self.scale)
+        coef = self.precond.to(g.dtype) * self.scale
+        if _transposed_view(g):
+            g.transpose(1, 2).mul_(coef.T.contiguous())
+            return g
+        return g.mul_(coef)
+
     def direction_and_history(self, g_v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(direction(g_v), -h . g_v per target), turning g_v into the direction in place: with K
         targets each is K x the parameter's size, and every pass over memory of that size costs on CPU.
@@ -62,16 +72,10 @@ class Linearization:
         dtype = g_v.dtype
         p = self.param.detach().to(dtype)
         if self.precond is None:
-            z = g_v.mul_(self.scale)
             w = p * (self.decay / self.scale) if self.decay else None
         else:
-            coef = self.precond.to(dtype) * self.scale
-            w = p / coef * self.decay if self.decay else None
-            if _transposed_view(g_v):  # multiply in g_v's own memory order: strided reads of coef are slow
-                g_v.transpose(1, 2).mul_(coef.T.contiguous())
-                z = g_v
-            else:
-                z = g_v.mul_(coef)
+            w = p / (self.precond.to(dtype) * self.scale) * self.decay if self.decay else None
+        z = self.scale_in_place(g_v)
         if self.momentum is not None and self.momentum_scale:
             part = self.momentum.to(dtype) * (self.momentum_scale / self.scale)
             w = part if w is None else w.add_(part)

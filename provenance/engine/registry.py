@@ -67,10 +67,11 @@ class LayerRule:
         return True
 
     def grad_and_rows(
-        self, module: nn.Module, pname: str, saved: Any, grad: torch.Tensor
+        self, module: nn.Module, pname: str, saved: Any, grad: torch.Tensor, reuse: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """For owned parameters on the stored route: (the rows' gradient sum, the per-row gradients in the
-        layout `dot_rows` reads)."""
+        layout `dot_rows` reads). reuse=True: the per-row gradients may live in a buffer that the rule's
+        next call overwrites (used at once, not kept)."""
         raise NotImplementedError
 
     def dot_rows(self, module: nn.Module, pname: str, per_row: torch.Tensor, z: torch.Tensor) -> torch.Tensor:

@@ -102,19 +102,26 @@ class MatmulRule(LayerRule):
             total = total.T
         return total.reshape(weight.shape), out
 
-    def grad_and_rows(self, module, pname, saved, grad):
+    def grad_and_rows(self, module, pname, saved, grad, reuse=False):
         a, b = self.factors(module, saved, grad)
         weight = module.weight
         a, b = a.to(weight.dtype), b.to(weight.dtype)
         rows, _, din = a.shape
         dout = b.shape[2]
+        if reuse:
+            # Used at once, not kept: one block in the reused scratch buffer (one matmul, one sum, one dot;
+            # the sum is grad_and_dot's with all rows in one block, so the gradient's numbers are the same).
+            per_row = _scratch(weight.dtype, rows * dout * din).view(rows, dout, din)
+            torch.bmm(b.transpose(1, 2), a, out=per_row)
+            total = per_row.sum(dim=0)
+            return (total.T if self.transposed else total).reshape(weight.shape), [per_row]
         # Kept in pieces of a few rows: pieces this size reuse the heap memory that backward frees from
         # activations, where one (rows, dout, din) block would be a fresh mapping on top of it.
         step = max(1, _ROW_PIECE_BYTES // (dout * din * weight.element_size()))
         pieces = [torch.bmm(b[i : i + step].transpose(1, 2), a[i : i + step]) for i in range(0, rows, step)]
         total = pieces[0].sum(dim=0)
-        for piece in pieces[1:]:
-            total += piece.sum(dim=0)
+        for piece in pieces[1:]:  # a one-row piece is its own sum: no temporary (same numbers)
+            total += piece[0] if piece.shape[0] == 1 else piece.sum(dim=0)
         if self.transposed:
             total = total.T
         return total.reshape(weight.shape), pieces
