@@ -4,14 +4,17 @@ A run is trained on >= 2,000 real documents (World English Bible chapters + fort
 three kinds registered before training: verbatim excerpts of training documents, paraphrases (the King
 James rendering of a trained WEB passage) and same-topic rewrites (Luke's or John's account of an event
 whose Matthew and Mark accounts are trained), plus unrelated texts. For every target we rank all
-documents by value (In-Run Data Shapley), by evidence, by two combinations of both, and by text-only
-baselines (BM25, dense, BM25 + dense fusion), and report source recall@1/@10 and mean rank per kind.
+documents by value (In-Run Data Shapley: raw, best chunk, contrasted with the other targets), by
+evidence, by combinations of both (provenance.evidence.combine, weight cross-fitted over targets), and by
+text-only baselines (BM25, dense, BM25 + dense fusion), and report source recall@1/@10 and mean rank per
+kind.
 See docs/recovery.md; corpus and targets: bench/recovery_targets.py; rankings: bench/recovery_rankings.py.
 
     python bench/recovery.py            # train (~30 min on a shared 2-core machine), index, table
     python bench/recovery.py --reuse    # reuse the cached run attribution_runs/recovery-bench
     python bench/recovery.py --json     # one JSON line
     python bench/recovery.py --quick    # tiny smoke run (about a minute)
+    python bench/recovery.py --hard     # the harder benchmark (4,444 documents; not run yet: ~1-2 h here)
 """
 
 from __future__ import annotations
@@ -29,13 +32,17 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from recovery_rankings import RANKINGS, TEXT_ONLY, Ranker, TargetRanks, best_chunk_values, summarize  # noqa: E402
-from recovery_run import FULL_CONFIG, QUICK_CONFIG, check_reusable, ensure_index, train_run  # noqa: E402
-from recovery_targets import KINDS, QUICK_SPEC, BenchSpec, build_benchmark  # noqa: E402
+from recovery_rankings import (  # noqa: E402
+    RANKINGS, TEXT_ONLY, Ranker, TargetRanks, add_combined, best_chunk_values, rank_of, summarize,
+)
+from recovery_run import FULL_CONFIG, HARD_CONFIG, QUICK_CONFIG, check_reusable, ensure_index, train_run  # noqa: E402
+from recovery_targets import KINDS, QUICK_SPEC, BenchSpec, build_benchmark, hard_spec  # noqa: E402
 
 RUN_ID = "recovery-bench"
 QUICK_RUN_ID = "recovery-bench-quick"
-CHECKPOINT_STEPS = (50, 100, 200, 300, 400, 500, 650)  # value ranks from the partial sums (training length)
+HARD_RUN_ID = "recovery-bench-hard"
+QUICK_MIN_REFERENCE = 4  # the smoke run registers 7 targets; the real floor (20) is for meaningful figures
+CHECKPOINT_STEPS = (50, 100, 200, 300, 400, 500, 650, 800, 1100)  # value ranks from the partial sums (training length)
 
 
 def _say(quiet: bool):
@@ -59,12 +66,41 @@ def value_ranks_by_step(contrib, bench, steps) -> dict[str, dict[str, dict[str, 
             best = max(scores[position[src]] for src in t.sources)
             rank = 1.0 + np.sum(scores > best) + (np.sum(scores == best) - 1) / 2.0
             by_kind.setdefault(t.kind, []).append(rank)
-        out[str(s)] = {
-            k: {"recall_at_1": round(float(np.mean(np.array(v) <= 1)), 4),
-                "recall_at_10": round(float(np.mean(np.array(v) <= 10)), 4),
-                "mean_rank": round(float(np.mean(v)), 2)}
-            for k, v in by_kind.items()
-        }
+        out[str(s)] = _recalls(by_kind)
+    return out
+
+
+def _recalls(by_kind: dict[str, list[float]]) -> dict[str, dict[str, float]]:
+    return {
+        k: {"recall_at_1": round(float(np.mean(np.array(v) <= 1)), 4),
+            "recall_at_10": round(float(np.mean(np.array(v) <= 10)), 4),
+            "mean_rank": round(float(np.mean(v)), 2)}
+        for k, v in by_kind.items()
+    }
+
+
+def specific_ranks_by_step(
+    contrib, bench, steps, column: str, min_reference: int
+) -> dict[str, dict[str, dict[str, float]]]:
+    """``value_specific`` recall when the chunk values are summed only up to step s (same run): how much
+    training the contrasted value needs."""
+    from provenance.evidence.specific import chunk_values_from_contributions, specific_chunk_values
+
+    last = int(contrib["step"].max())
+    docs = [d.doc_id for d in bench.corpus.documents]
+    position = {d: i for i, d in enumerate(docs)}
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for s in [s for s in steps if s <= last] or [last]:
+        cv = chunk_values_from_contributions(contrib[contrib["step"] <= s], column)
+        chunk_doc = np.array([position[d] for d in cv.chunk_docs], dtype=np.int64)
+        by_kind: dict[str, list[float]] = {}
+        for t in bench.targets:
+            if t.kind not in KINDS or t.target_id not in cv.target_ids:
+                continue
+            scores = np.full(len(docs), -np.inf)  # a document none of whose chunks was sampled yet ranks last
+            np.maximum.at(scores, chunk_doc, specific_chunk_values(cv, t.target_id, min_reference=min_reference))
+            by_kind.setdefault(t.kind, []).append(rank_of(scores, [position[src] for src in t.sources]))
+        out[str(s)] = _recalls(by_kind)
     return out
 
 
@@ -90,9 +126,14 @@ def unrelated_summary(index, values, bench, ranker: Ranker) -> dict[str, float]:
 def run_benchmark(args: argparse.Namespace) -> dict:
     say = _say(args.json)
     started = time.perf_counter()
-    spec, config = (QUICK_SPEC, QUICK_CONFIG) if args.quick else (BenchSpec(), FULL_CONFIG)
+    if args.quick:
+        spec, config, run_id = QUICK_SPEC, QUICK_CONFIG, QUICK_RUN_ID
+    elif args.hard:
+        spec, config, run_id = hard_spec(), HARD_CONFIG, HARD_RUN_ID
+    else:
+        spec, config, run_id = BenchSpec(), FULL_CONFIG, RUN_ID
     bench = build_benchmark(spec)
-    run_path = Path(args.runs_dir) / (QUICK_RUN_ID if args.quick else RUN_ID)
+    run_path = Path(args.runs_dir) / run_id
     say(f"[recovery] corpus: {len(bench.corpus.documents)} documents ({bench.corpus.n_bytes / 1e3:.0f} kB); "
         f"targets: " + ", ".join(f"{k} {sum(t.kind == k for t in bench.targets)}" for k in (*KINDS, "unrelated")))
     if args.reuse:
@@ -108,11 +149,18 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     index = load_index(run.path)
     values = read_table(run.values_path, "values")
     contributions = read_table(run.contributions_path, "contributions")
-    ranker = Ranker(index, values, best_chunk_values(contributions))
+    from provenance.evidence.specific import MIN_REFERENCE_TARGETS, chunk_values_from_contributions
+
+    order = (run.read_manifest().get("values") or {}).get("order")
+    column = "value_second_order" if order == 2 else "value_first_order"
+    ranker = Ranker(index, values, best_chunk_values(contributions, column),
+                    chunk_values_from_contributions(contributions, column),
+                    min_reference=QUICK_MIN_REFERENCE if args.quick else MIN_REFERENCE_TARGETS)
     results: list[TargetRanks] = []
     scored = [t for t in bench.targets if t.kind in KINDS]
     for t in tqdm(scored, desc="rank targets", disable=args.json):
         results.append(ranker.rank_target(t.target_id, t.kind, t.text, list(t.sources)))
+    results, fitted = add_combined(results, index.doc_index)
     metrics = summarize(results, KINDS)
     log = read_table(run.train_log_path, "train_log")
     manifest = run.read_manifest()
@@ -128,8 +176,12 @@ def run_benchmark(args: argparse.Namespace) -> dict:
                   "loss_first": round(float(log["loss"].iloc[0]), 3),
                   "loss_last5": round(float(log["loss"].iloc[-5:].mean()), 3),
                   "train_seconds": round(float(log["seconds"].sum()), 1)},
+        "combined_weights": fitted,
+        "min_reference_targets": ranker.min_reference,
         "unrelated": unrelated_summary(index, values, bench, ranker),
         "value_by_step": value_ranks_by_step(contributions, bench, CHECKPOINT_STEPS),
+        "value_specific_by_step": specific_ranks_by_step(contributions, bench, CHECKPOINT_STEPS, column,
+                                                         ranker.min_reference),
         "per_target": [
             {"id": r.target_id, "kind": r.kind, "source_label": r.source_label,
              **{name: r.ranks.get(name) for name in RANKINGS}}
@@ -152,9 +204,10 @@ def goals(metrics: dict) -> dict:
         mine = metrics["combined"][kind]["recall_at_1"]
         result[f"combined_{kind}_recall_at_1"] = {"value": mine, "best_text_only": best, "floor": floor,
                                                   "beats_text_only": mine > best, "met": mine > best and mine >= floor}
-    if "paraphrase" in metrics["value"]:
-        r10 = metrics["value"]["paraphrase"]["recall_at_10"]
-        result["value_paraphrase_recall_at_10"] = {"value": r10, "floor": 0.9, "met": r10 >= 0.9}
+    for name in ("value", "value_specific"):
+        if "paraphrase" in metrics.get(name, {}):
+            r10 = metrics[name]["paraphrase"]["recall_at_10"]
+            result[f"{name}_paraphrase_recall_at_10"] = {"value": r10, "floor": 0.9, "met": r10 >= 0.9}
     return result
 
 
@@ -176,8 +229,17 @@ def print_table(out: dict) -> None:
             else:
                 cells.append(f"| {'-':>26}")
         print(f"{name:<17}" + "".join(cells))
+    w = out["combined_weights"]
+    print(f"\ncombined: value weight fitted per fold {w['fold_weights']} (grid {w['weight_grid']}; the rows of "
+          f"`combined` are ranked with the other fold's weight); fitted on all targets "
+          f"{w['weight_fitted_on_all_targets']}; `combined_default` uses the API default {w['default_weight']}")
     print("\nvalue ranking by training length (values summed up to step s of the same run):")
     for step, kinds in out["value_by_step"].items():
+        print(f"  step {step:>4}: " + "  ".join(
+            f"{k} R@1 {v['recall_at_1']:.2f} R@10 {v['recall_at_10']:.2f} mean {v['mean_rank']:.1f}"
+            for k, v in kinds.items()))
+    print("value_specific by training length (chunk values summed up to step s, then contrasted):")
+    for step, kinds in out["value_specific_by_step"].items():
         print(f"  step {step:>4}: " + "  ".join(
             f"{k} R@1 {v['recall_at_1']:.2f} R@10 {v['recall_at_10']:.2f} mean {v['mean_rank']:.1f}"
             for k, v in kinds.items()))
@@ -185,7 +247,9 @@ def print_table(out: dict) -> None:
     print(f"\nunrelated targets ({u['n']}): mean top value share {u['mean_top_value_share']}, "
           f"no verbatim/paraphrase evidence for {u['no_verbatim_or_paraphrase_evidence']}")
     print("\nper target (rank of the best-placed source):")
-    print(f"  {'id':<14} {'label':<11}" + "".join(f"{n[:8]:>9}" for n in RANKINGS))
+    short = {"value_best_chunk": "v_best", "value_contrast": "v_contr", "value_specific": "v_spec",
+             "combined_default": "comb_def", "combined_rrf": "comb_rrf", "label_then_value": "lab_val"}
+    print(f"  {'id':<14} {'label':<11}" + "".join(f"{short.get(n, n)[:8]:>9}" for n in RANKINGS))
     for row in out["per_target"]:
         print(f"  {row['id']:<14} {row['source_label']:<11}" + "".join(
             f"{row[n]:>9.1f}" if row[n] is not None else f"{'-':>9}" for n in RANKINGS))
@@ -199,9 +263,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print exactly one JSON line")
     parser.add_argument("--quick", action="store_true", help="a tiny smoke run (small corpus, few targets)")
+    parser.add_argument("--hard", action="store_true",
+                        help="the harder benchmark (whole WEB but Luke/John, 60 paraphrase targets; ~1-2 h to train)")
     parser.add_argument("--reuse", action="store_true", help="reuse the cached trained run instead of training")
     parser.add_argument("--runs-dir", default="attribution_runs", help="where the benchmark run is cached")
     args = parser.parse_args(argv)
+    if args.quick and args.hard:
+        parser.error("pass at most one of --quick and --hard")
     out = run_benchmark(args)
     if args.json:
         print(json.dumps(out))

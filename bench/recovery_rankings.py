@@ -4,17 +4,36 @@ Every ranking orders *all* documents of the run. The rank of a target's source i
 its sources (where text repeats, every copy counts). Ties count as the expected rank under a random
 tie-break: 1 + (documents scoring strictly higher) + (other documents tied with it) / 2.
 
-- ``value``: In-Run Data Shapley value (values.parquet), largest first.
-- ``value_best_chunk``: a document's best chunk value (values summed over steps per chunk, then the
-  maximum over the document's chunks): the paper ranks chunks, and a long document's sum also collects
-  the small generic signal of its many chunks. Reported beside ``value``, not instead of it.
+Value rankings (a chunk's value = its contributions summed over steps; the players are chunks):
+
+- ``value``: In-Run Data Shapley value of the document (values.parquet: the sum over its chunks).
+- ``value_best_chunk``: the document's best chunk value (maximum over its chunks): a long document's sum
+  also collects the small generic signal of its many chunks.
+- ``value_contrast``: best chunk of (chunk value for this target - mean of its values for the run's other
+  registered targets): the value for the loss difference L_t - mean L_other, so the part that helps every
+  target cancels.
+- ``value_specific``: best chunk of the contrast divided by the spread (std) of the chunk's values over
+  the other targets (provenance.evidence.specific, a z-score; no knob).
+
+Evidence and combinations:
+
 - ``evidence``: the project's evidence ranking for a text (provenance.evidence.answer: candidates from
   dense, BM25 and n-gram channels, ordered by label, then the calibrated paraphrase score). Documents it
   does not nominate share the positions after its list.
-- ``combined``: reciprocal-rank fusion of value and evidence, score = 1/(60 + r_value) + 1/(60 + r_evidence)
-  (a document outside the evidence list adds nothing from it); ties by value. Fixed before measuring.
-- ``label_then_value``: a second combination, reported beside it: the evidence label as the first key
-  (verbatim, paraphrase, topic, then unrelated / not nominated), the value as the second.
+- ``combined``: provenance.evidence.combine.combine_rankings (evidence label first, then evidence score +
+  w x relative specific value; not nominated documents after, by specific value), with w *cross-fitted*:
+  the targets are split into two folds (alternating within each kind), w is fitted on one fold (highest
+  recall@1 over all kinds, then lowest mean rank, ties to the smaller w) and the other fold is ranked with
+  it. These are held-out figures.
+- ``combined_default``: the same with the API's default weight (CombineSettings().value_weight), which
+  was fitted on all the benchmark's targets: in-sample, shown because it is what `provenance query
+  --order combined` uses.
+- ``combined_rrf``: reciprocal-rank fusion of raw value and evidence, 1/(60 + r_value) + 1/(60 + r_evidence)
+  (the first design; it dilutes the evidence). Ties by value.
+- ``label_then_value``: evidence label first, raw value second.
+
+Text-only baselines:
+
 - ``bm25``: bm25s over the index's passages (the same tokenization as the evidence query), a document's
   score = its best passage's.
 - ``dense``: MiniLM cosine, a document's score = best (output window, passage) pair.
@@ -23,14 +42,33 @@ tie-break: 1 + (documents scoring strictly higher) + (other documents tied with 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
 
+from provenance.evidence.combine import CombineSettings, combine_rankings
+from provenance.evidence.schema import Evidence
+from provenance.evidence.specific import MIN_REFERENCE_TARGETS, ChunkValues, specific_chunk_values
+
 RRF_K = 60
-RANKINGS = ("value", "value_best_chunk", "evidence", "combined", "label_then_value", "bm25", "dense", "fusion")
+RANKINGS = (
+    "value", "value_best_chunk", "value_contrast", "value_specific", "evidence", "combined", "combined_default",
+    "combined_rrf", "label_then_value", "bm25", "dense", "fusion",
+)
+FITTED = ("combined", "combined_default")  # ranked after all targets are seen (the weight is fitted)
+WEIGHT_GRID = (0.0, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0)  # candidate value weights of `combined`
+N_FOLDS = 2
 TEXT_ONLY = ("bm25", "fusion")  # the baselines the issue names (dense is shown for reference)
+
+
+@dataclass(frozen=True)
+class CombineInputs:
+    """What the combined ranking of one target needs (kept so the weight can be fitted across targets)."""
+
+    evidence: dict[str, Evidence]  # nominated doc id -> evidence
+    specific: dict[str, float]  # doc id -> specific value
+    positions: list[int]  # the sources' positions in the index
 
 
 @dataclass(frozen=True)
@@ -40,6 +78,7 @@ class TargetRanks:
     ranks: dict[str, float]  # ranking name -> rank of the best-placed source
     top_doc: dict[str, str]  # ranking name -> doc id at rank 1
     source_label: str  # evidence label of the best-placed source by evidence ("-" if not nominated)
+    combine_inputs: CombineInputs | None = None
 
 
 def rank_of(scores: np.ndarray, positions: list[int]) -> float:
@@ -66,11 +105,31 @@ def ranks_from_scores(scores: np.ndarray) -> np.ndarray:
 class Ranker:
     """Scores every document of an indexed run for one text, by every ranking above."""
 
-    def __init__(self, index, values: pd.DataFrame, best_chunk: pd.Series) -> None:
+    def __init__(self, index, values: pd.DataFrame, best_chunk: pd.Series, chunk_values: ChunkValues,
+                 min_reference: int = MIN_REFERENCE_TARGETS) -> None:
         self.index = index
         self.n_docs = len(index.doc_ids)
         self.values = values  # values.parquet (all targets)
         self.best_chunk = best_chunk  # (target_id, doc_id) -> best chunk value
+        self.chunk_values = chunk_values
+        self.min_reference = min_reference  # reference targets the specific value needs (lowered only in --quick)
+        self.chunk_doc = np.array([index.doc_index[d] for d in chunk_values.chunk_docs], dtype=np.int64)
+
+    def _best_of_chunks(self, chunk_scores: np.ndarray) -> np.ndarray:
+        doc_scores = np.full(self.n_docs, -np.inf)  # a document without chunk values ranks last
+        np.maximum.at(doc_scores, self.chunk_doc, chunk_scores)
+        return doc_scores
+
+    def contrast_scores(self, target_id: str) -> np.ndarray:
+        """Best chunk of (value for this target - mean value for the other targets)."""
+        m = self.chunk_values.matrix
+        col = self.chunk_values.column(target_id)
+        others = (m.sum(axis=1) - m[:, col]) / (m.shape[1] - 1)
+        return self._best_of_chunks(m[:, col] - others)
+
+    def specific_scores(self, target_id: str) -> np.ndarray:
+        z = specific_chunk_values(self.chunk_values, target_id, min_reference=self.min_reference)
+        return self._best_of_chunks(z)
 
     def best_chunk_scores(self, target_id: str) -> np.ndarray:
         mine = self.best_chunk.loc[target_id]
@@ -87,20 +146,26 @@ class Ranker:
         return scores
 
     def evidence(self, prepared) -> tuple[np.ndarray, np.ndarray, dict[int, str]]:
-        """(scores, tier, labels): score = -(position in the evidence list), outside = -inf; tier = the
-        label's order (0 verbatim .. 3 unrelated, 4 not nominated)."""
-        from provenance.evidence.answer import MAX_CANDIDATES, _evidence_rows
+        from provenance.evidence.answer import candidate_evidence
+
+        return self.evidence_scores(candidate_evidence(self.index, prepared))
+
+    def evidence_scores(self, found: dict[str, Evidence]) -> tuple[np.ndarray, np.ndarray, dict[int, str]]:
+        """(scores, tier, labels) of the evidence ranking (the order of provenance.evidence.answer): score =
+        -(position in the evidence list), outside = -inf; tier = the label's order (0 verbatim .. 3
+        unrelated, 4 not nominated)."""
+        from provenance.evidence.answer import _rank_key
         from provenance.evidence.labels import LABEL_ORDER
 
-        rows = _evidence_rows(self.index, prepared, MAX_CANDIDATES)
+        ordered = sorted(found.items(), key=lambda pair: _rank_key(pair[1]))
         scores = np.full(self.n_docs, -np.inf)
         tier = np.full(self.n_docs, float(len(LABEL_ORDER)))
         labels: dict[int, str] = {}
-        for row in rows:
-            d = self.index.doc_index[row.doc_id]
-            scores[d] = -float(row.rank)
-            tier[d] = float(LABEL_ORDER[row.evidence.label])
-            labels[d] = row.evidence.label
+        for position, (doc_id, e) in enumerate(ordered, start=1):
+            d = self.index.doc_index[doc_id]
+            scores[d] = -float(position)
+            tier[d] = float(LABEL_ORDER[e.label])
+            labels[d] = e.label
         return scores, tier, labels
 
     def bm25_scores(self, text: str) -> np.ndarray:
@@ -123,27 +188,37 @@ class Ranker:
         return doc_scores
 
     def rank_target(self, target_id: str, kind: str, text: str, sources: list[str]) -> TargetRanks:
+        from provenance.evidence.answer import candidate_evidence
         from provenance.evidence.assess import prepare_output
 
         prepared = prepare_output(text, self.index.encoder, self.index.params)
         value = self.value_scores(target_id)
-        evidence, tier, labels = self.evidence(prepared)
+        found = candidate_evidence(self.index, prepared)
+        evidence, tier, labels = self.evidence_scores(found)
+        specific = self.specific_scores(target_id)
         bm25 = self.bm25_scores(text)
         dense = self.dense_scores(prepared)
         value_rank = ranks_from_scores(value)
         evidence_rank = np.where(np.isfinite(evidence), -evidence, np.inf)
         # ties of the fusion score fall back to value (a tiny term below any RRF difference)
-        combined = rrf(value_rank, evidence_rank) - value_rank * 1e-12
+        combined_rrf = rrf(value_rank, evidence_rank) - value_rank * 1e-12
         label_then_value = -tier * 1e6 - value_rank  # label first, then value rank
         fusion = rrf(ranks_from_scores(bm25), ranks_from_scores(dense))
         scores = {
-            "value": value, "value_best_chunk": self.best_chunk_scores(target_id), "evidence": evidence,
-            "combined": combined, "label_then_value": label_then_value, "bm25": bm25, "dense": dense, "fusion": fusion,
+            "value": value, "value_best_chunk": self.best_chunk_scores(target_id),
+            "value_contrast": self.contrast_scores(target_id), "value_specific": specific, "evidence": evidence,
+            "combined_rrf": combined_rrf, "label_then_value": label_then_value, "bm25": bm25, "dense": dense,
+            "fusion": fusion,
         }
         ranks: dict[str, float] = {}
         top: dict[str, str] = {}
         positions = [self.index.doc_index[s] for s in sources if s in self.index.doc_index]
-        for name in RANKINGS:
+        inputs = CombineInputs(
+            found,
+            {d: float(specific[i]) for i, d in enumerate(self.index.doc_ids) if np.isfinite(specific[i])},
+            positions,
+        )
+        for name in (n for n in RANKINGS if n not in FITTED):
             s = scores[name]
             top[name] = self.index.doc_ids[int(np.argmax(s))]
             if positions:
@@ -153,7 +228,65 @@ class Ranker:
             nominated = [p for p in positions if p in labels]
             if nominated:
                 source_label = labels[min(nominated, key=lambda p: -evidence[p])]
-        return TargetRanks(target_id, kind, ranks, top, source_label)
+        return TargetRanks(target_id, kind, ranks, top, source_label, inputs)
+
+
+def combined_rank(inputs: CombineInputs, doc_index: dict[str, int], value_weight: float) -> tuple[float, str]:
+    """(rank of the best-placed source, top doc) in the combined ranking with this weight. Documents the
+    ranking does not list (neither nominated nor valued) share the positions after it."""
+    order = combine_rankings(inputs.evidence, inputs.specific, CombineSettings(value_weight=value_weight))
+    scores = np.full(len(doc_index), -np.inf)
+    for position, entry in enumerate(order):
+        scores[doc_index[entry.doc_id]] = -float(position)
+    return rank_of(scores, inputs.positions), order[0].doc_id
+
+
+def folds_of(results: list[TargetRanks], n_folds: int = N_FOLDS) -> list[int]:
+    """Fold of each target: alternating within each kind, in target order (so every fold has every kind)."""
+    seen: dict[str, int] = {}
+    out = []
+    for r in results:
+        out.append(seen.get(r.kind, 0) % n_folds)
+        seen[r.kind] = seen.get(r.kind, 0) + 1
+    return out
+
+
+def fit_weight(ranks_by_weight: dict[float, np.ndarray]) -> float:
+    """The weight with the highest recall@1, then the lowest mean rank; ties go to the smaller weight."""
+    return min(ranks_by_weight, key=lambda w: (-np.mean(ranks_by_weight[w] <= 1), np.mean(ranks_by_weight[w]), w))
+
+
+def add_combined(
+    results: list[TargetRanks], doc_index: dict[str, int], weights: tuple[float, ...] = WEIGHT_GRID,
+    default_weight: float = CombineSettings().value_weight,
+) -> tuple[list[TargetRanks], dict]:
+    """Fill in ``combined`` (weight cross-fitted: fitted on the other fold) and ``combined_default`` (the
+    API default weight); returns the updated results and what was fitted."""
+    scored = [i for i, r in enumerate(results) if r.combine_inputs is not None and r.combine_inputs.positions]
+    grid = {w: {i: combined_rank(results[i].combine_inputs, doc_index, w) for i in scored} for w in weights}
+    if default_weight not in grid:
+        grid[default_weight] = {i: combined_rank(results[i].combine_inputs, doc_index, default_weight) for i in scored}
+    folds = folds_of(results)
+    fitted: dict[int, float] = {}
+    held_out: dict[int, tuple[float, str]] = {}
+    for f in sorted({folds[i] for i in scored}):
+        train = [i for i in scored if folds[i] != f]
+        fitted[f] = fit_weight({w: np.array([grid[w][i][0] for i in train]) for w in weights})
+        for i in scored:
+            if folds[i] == f:
+                held_out[i] = grid[fitted[f]][i]
+    all_targets = fit_weight({w: np.array([grid[w][i][0] for i in scored]) for w in weights})
+    out = []
+    for i, r in enumerate(results):
+        if i not in held_out:
+            out.append(r)
+            continue
+        ranks = {**r.ranks, "combined": held_out[i][0], "combined_default": grid[default_weight][i][0]}
+        top = {**r.top_doc, "combined": held_out[i][1], "combined_default": grid[default_weight][i][1]}
+        out.append(replace(r, ranks=ranks, top_doc=top))
+    info = {"weight_grid": list(weights), "fold_weights": {str(f): w for f, w in fitted.items()},
+            "weight_fitted_on_all_targets": all_targets, "default_weight": default_weight}
+    return out, info
 
 
 def best_chunk_values(contributions: pd.DataFrame, column: str = "value_first_order") -> pd.Series:

@@ -43,6 +43,16 @@ FULL_CONFIG = RunConfig(
         checkpoint_every=100, tokenizer_vocab_size=4096,
     ),
 )
+# The harder benchmark (recovery_targets.hard_spec: ~11,600 chunks): 1,100 steps of 32 = 3 epochs (the
+# specific value reached its final recall after ~2 epochs on the default run). Estimated 1-2 h on the
+# shared machine (112 targets: the target pass costs ~2x the default run's); not run yet.
+HARD_CONFIG = RunConfig(
+    model=FULL_CONFIG.model,
+    train=TrainConfig(
+        steps=1100, batch_size=32, micro_batch_size=32, lr=1.4e-3, min_lr=1.4e-4, warmup_steps=60,
+        checkpoint_every=100, tokenizer_vocab_size=4096,
+    ),
+)
 QUICK_CONFIG = RunConfig(
     model=ModelConfig(n_layer=1, n_head=2, n_embd=32, context_length=128),
     train=TrainConfig(

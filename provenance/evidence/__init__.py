@@ -6,6 +6,10 @@ Public API (see docs/evidence.md)::
     load_index(run_dir) -> EvidenceIndex
     query(run_dir, *, text=None, target_id=None, top_k=20, index=None) -> QueryResult
     evidence_for(text, doc_text, ...) -> Evidence
+    load_chunk_values(run_dir) -> ChunkValues             # per-chunk values (contributions summed over steps)
+    specific_values(chunk_values, target_id, *, reference=None) -> pd.Series   # doc_id -> best chunk's z
+    combine_rankings(evidence, specific, settings=CombineSettings()) -> list[CombinedEntry]
+    query(..., order="combined") uses the last two (evidence label, then score + bounded value)
 
 Heavy modules (FAISS, sentence-transformers) load on first use, so importing the schema stays cheap.
 """
@@ -26,6 +30,8 @@ from provenance.evidence.schema import (
 )
 
 if TYPE_CHECKING:
+    from provenance.evidence.combine import CombinedEntry, CombineSettings, combine_rankings
+    from provenance.evidence.specific import ChunkValues, load_chunk_values, specific_values
     from provenance.evidence.index import EvidenceIndex, build_index, load_index
     from provenance.evidence.answer import evidence_for, query
 
@@ -35,11 +41,18 @@ _LAZY = {
     "EvidenceIndex": "provenance.evidence.index",
     "query": "provenance.evidence.answer",
     "evidence_for": "provenance.evidence.answer",
+    "CombineSettings": "provenance.evidence.combine",
+    "CombinedEntry": "provenance.evidence.combine",
+    "combine_rankings": "provenance.evidence.combine",
+    "ChunkValues": "provenance.evidence.specific",
+    "load_chunk_values": "provenance.evidence.specific",
+    "specific_values": "provenance.evidence.specific",
 }
 
 __all__ = [
     "LABELS", "Evidence", "IndexInfo", "LedgerSummary", "PassagePair", "QueryResult", "RankedDocument",
     "VerbatimSpan", "build_index", "load_index", "EvidenceIndex", "query", "evidence_for",
+    "CombineSettings", "CombinedEntry", "combine_rankings", "ChunkValues", "load_chunk_values", "specific_values",
 ]
 
 

@@ -6,6 +6,11 @@ against this output". For any other text the rows are ranked by evidence (label 
 paraphrase score), found through three channels: dense search (FAISS over passage embeddings), BM25 over
 passages (bm25s, vectorized scoring) and the n-gram index (verbatim candidates). The answer says that the
 text is not attributed yet and gives the command that attributes it.
+
+``order="combined"`` ranks an attributed target's documents by the combined ranking instead
+(provenance.evidence.combine: evidence label first, then evidence score plus a bounded share of the
+document's target-specific value, provenance.evidence.specific); the value and share columns stay the
+raw values.
 """
 
 from __future__ import annotations
@@ -20,11 +25,13 @@ import pandas as pd
 
 from provenance.errors import EvidenceIndexError, TargetError
 from provenance.evidence.assess import DocumentView, PreparedOutput, align_many, align_sentences, assess, prepare_output
+from provenance.evidence.combine import CombineSettings, combine_rankings
 from provenance.evidence.encoder import Encoder, load_encoder
 from provenance.evidence.index import EvidenceIndex, load_index
 from provenance.evidence.labels import LABEL_ORDER, Thresholds, load_thresholds
 from provenance.evidence.passages import PassageParams, split_passages
 from provenance.evidence.schema import Evidence, LedgerSummary, QueryResult, RankedDocument
+from provenance.evidence.specific import ChunkValues, load_chunk_values, specific_values
 from provenance.evidence.text import has_text, strip_non_text, truncate, words
 from provenance.store.tables import read_table
 
@@ -35,6 +42,7 @@ BM25_PASSAGES = 100
 BM25_DOCUMENTS = 40
 NGRAM_DOCUMENTS = 40
 MAX_CANDIDATES = 140  # documents whose evidence is computed for one query
+ORDERS = ("value", "combined")
 
 
 def query(
@@ -46,14 +54,23 @@ def query(
     index: EvidenceIndex | None = None,
     align_top: int = 1,
     max_chars: int = MAX_QUERY_CHARS,
+    order: str = "value",
+    chunk_values: ChunkValues | None = None,
+    combine: CombineSettings = CombineSettings(),
 ) -> QueryResult:
     """Rank the run's documents for one output (a text, or a registered target id).
 
     ``align_top``: rows (from the top) whose best passage gets sentence-by-sentence alignment (it runs
     the embedder on those sentences; the rest keep the passage-level pair).
+    ``order``: for an attributed target, "value" (raw value, largest first) or "combined" (see
+    provenance.evidence.combine); ``chunk_values`` (load_chunk_values(run), read once by callers that
+    query many times) and ``combine`` serve the combined order. A text without values is ranked by
+    evidence either way.
     """
     if (text is None) == (target_id is None):
         raise TargetError("pass exactly one of text (--text) or target_id (--target-id)")
+    if order not in ORDERS:
+        raise TargetError(f"order must be one of {ORDERS} (got {order!r})")
     if top_k < 1:
         raise TargetError(f"top_k must be at least 1 (got {top_k})")
     index = index if index is not None else load_index(run_dir)
@@ -98,11 +115,24 @@ def query(
     attributed = values is not None and not values.empty
     prepared = _prepare(clean, index)
 
-    if attributed:
+    row_order = "evidence"
+    if attributed and order == "combined":
+        chunk_values = chunk_values if chunk_values is not None else load_chunk_values(run.path)
+        specific = specific_values(chunk_values, target_id)
+        rows, against = _combined_rows(index, prepared, values, specific, top_k, combine)
+        notes.append(
+            f"rows in combined order: evidence label first, then evidence score + {combine.value_weight} x "
+            "relative target-specific value; value and share are the raw values"
+        )
+        ledger = _ledger_summary(run, target_id)
+        command = None
+        row_order = "combined"
+    elif attributed:
         rows, against = _attributed_rows(index, prepared, values, top_k)
         notes.extend(_outside_notes(index, prepared, rows, values))
         ledger = _ledger_summary(run, target_id)
         command = None
+        row_order = "value"
     else:
         rows = _evidence_rows(index, prepared, top_k)
         against = ()
@@ -133,6 +163,7 @@ def query(
         notes=tuple(notes),
         embedder=index.encoder.name,
         latency_seconds=round(time.perf_counter() - started, 4),
+        order=row_order,
     )
 
 
@@ -249,6 +280,15 @@ def _bm25_documents(index: EvidenceIndex, text: str) -> list[int]:
     return list(docs)
 
 
+def candidate_evidence(index: EvidenceIndex, prepared: PreparedOutput) -> dict[str, Evidence]:
+    """The evidence of every document the three channels nominate for one output (doc id -> Evidence,
+    at most MAX_CANDIDATES documents): the input of the evidence and combined rankings."""
+    return {
+        index.doc_ids[d]: assess(prepared, index.document_view(d), index.thresholds)
+        for d in _candidates(index, prepared)[:MAX_CANDIDATES]
+    }
+
+
 def _evidence_rows(index: EvidenceIndex, prepared: PreparedOutput, top_k: int) -> list[RankedDocument]:
     scored = []
     for doc in _candidates(index, prepared)[:MAX_CANDIDATES]:
@@ -280,6 +320,38 @@ def _attributed_rows(
                        0.0, None, assess(prepared, index.document_view(index.doc_index[row.doc_id]), index.thresholds))
         for row in negative.itertuples(index=False)
     ]
+    return rows, against
+
+
+def _combined_rows(
+    index: EvidenceIndex,
+    prepared: PreparedOutput,
+    values: pd.DataFrame,
+    specific: pd.Series,
+    top_k: int,
+    settings: CombineSettings,
+) -> tuple[list[RankedDocument], list[RankedDocument]]:
+    """Rows in combined order (evidence of the nominated candidates + specific values of all documents).
+    ``against`` lists the negative raw values as in the value order, so a document with a negative value
+    but strong evidence can appear in both lists."""
+    evidence = candidate_evidence(index, prepared)
+    known = specific[specific.index.isin(index.doc_index)]
+    ranked = combine_rankings(evidence, dict(zip(known.index, known.to_numpy(float))), settings)[:top_k]
+    values = values[values["doc_id"].isin(index.doc_index)]
+    value_of = dict(zip(values["doc_id"], values["value"]))
+    share_of = dict(zip(values["doc_id"], values["share"]))
+    rows, cumulative = [], 0.0
+    for position, entry in enumerate(ranked, start=1):
+        doc = index.doc_index[entry.doc_id]
+        share = share_of.get(entry.doc_id)
+        cumulative += float(share or 0.0)
+        e = evidence.get(entry.doc_id) or assess(prepared, index.document_view(doc), index.thresholds)
+        value = value_of.get(entry.doc_id)
+        rows.append(
+            RankedDocument(position, entry.doc_id, index.sources[doc], None if value is None else float(value),
+                           None if share is None else float(share), cumulative, e, entry.specific_value)
+        )
+    _, against = _attributed_rows(index, prepared, values[values["value"] < 0], top_k)  # as in the value order
     return rows, against
 
 

@@ -9,6 +9,11 @@ from typing import Optional
 import typer
 
 
+class QueryOrder(str, Enum):
+    value = "value"
+    combined = "combined"
+
+
 class QueryFormat(str, Enum):
     table = "table"
     csv = "csv"
@@ -64,6 +69,11 @@ def query(
     top: int = typer.Option(20, "--top", min=1, help="Documents to list."),
     fmt: QueryFormat = typer.Option(QueryFormat.table, "--format", help="table, csv or json."),
     align: int = typer.Option(1, "--align", min=0, help="Top rows that get sentence-by-sentence alignment (costs embedder time)."),
+    order: QueryOrder = typer.Option(
+        QueryOrder.value, "--order",
+        help="Attributed targets: 'value' (raw value) or 'combined' (evidence label, then evidence score "
+        "+ target-specific value; needs >= 20 other attributed targets).",
+    ),
 ) -> None:
     """Which training documents produced this output: value, share and evidence per document."""
     from provenance.errors import TargetError
@@ -82,7 +92,8 @@ def query(
                 raise TargetError(f"cannot read --text-file {text_file}: {exc}") from exc
         path = resolve_run(run)
         loaded = load_index(path)
-        result = run_query(path, text=text, target_id=target_id, top_k=top, index=loaded, align_top=align)
+        result = run_query(path, text=text, target_id=target_id, top_k=top, index=loaded, align_top=align,
+                           order=order.value)
     if fmt is QueryFormat.json:
         typer.echo(render.to_json(result))
     elif fmt is QueryFormat.csv:

@@ -73,6 +73,7 @@ class RankedDocument:
     value_share: float | None
     cumulative_share: float | None
     evidence: Evidence
+    specific_value: float | None = None  # combined order only: best chunk's value standardised (evidence.specific)
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,7 @@ class QueryResult:
     value_definition: str = VALUE_DEFINITION
     embedder: str | None = None  # name of the sentence embedder behind the similarities
     latency_seconds: float | None = None  # time of the query itself (index already loaded)
+    order: str = "value"  # how the rows are ordered: "value", "combined" (evidence.combine) or "evidence"
 
 
 @dataclass(frozen=True)

@@ -84,19 +84,34 @@ def test_full_benchmark_has_the_issue_shape(modules):
         assert sum(t.kind == kind for t in first.targets) >= 10
 
 
+def test_hard_benchmark_has_the_harder_shape(modules):
+    rt = modules["recovery_targets"]
+    bench = rt.build_benchmark(rt.hard_spec())
+    docs = {d.doc_id for d in bench.corpus.documents}
+    assert len(docs) == 4444 and sum(d.startswith("web:") for d in docs) == 1144
+    assert not any(d.startswith(("web:Luke.", "web:John.")) for d in docs)  # the topic tellers stay untrained
+    counts = {k: sum(t.kind == k for t in bench.targets) for k in (*rt.KINDS, "unrelated")}
+    assert counts == {"verbatim": 12, "paraphrase": 60, "topic": 32, "unrelated": 8}
+    assert all(set(t.sources) <= docs for t in bench.targets)
+
+
 def test_quick_run_prints_one_json_line(modules, tmp_path, capsys):
     assert modules["recovery"].main(["--quick", "--json", "--runs-dir", str(tmp_path)]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 1
     result = json.loads(lines[0])
     assert result["n_documents"] == 61 and result["n_targets"] == 7
-    for ranking in ("value", "evidence", "combined", "bm25", "fusion"):
+    for ranking in ("value", "evidence", "combined", "bm25", "fusion", "value_specific", "combined_default"):
         for kind in ("verbatim", "paraphrase", "topic"):
             cell = result[ranking][kind]
             assert 0.0 <= cell["recall_at_1"] <= cell["recall_at_10"] <= 1.0
             assert 1.0 <= cell["mean_rank"] <= result["n_documents"]
     # a verbatim excerpt shares its whole text with its source: the evidence ranking must put it first
     assert result["evidence"]["verbatim"]["recall_at_1"] == 1.0
+    # the combined ranking keeps the evidence label first: a verbatim source stays first
+    assert result["combined"]["verbatim"]["recall_at_1"] == 1.0
+    assert set(result["combined_weights"]["fold_weights"].values()) <= set(result["combined_weights"]["weight_grid"])
+    assert result["min_reference_targets"] == 4
     # the cached run is reused (no retraining) and gives the same figures
     assert modules["recovery"].main(["--quick", "--json", "--reuse", "--runs-dir", str(tmp_path)]) == 0
     again = json.loads(capsys.readouterr().out.strip())
@@ -114,3 +129,40 @@ def test_best_chunk_value_sums_steps_then_takes_the_best_chunk(modules):
     best = modules["recovery_rankings"].best_chunk_values(contrib)
     assert best.loc[("t", "a")] == 3.0  # chunk 0: 1 + 2 beats chunk 1: 2.5
     assert best.loc[("t", "b")] == -0.5
+
+
+def test_folds_alternate_within_each_kind(modules):
+    rr = modules["recovery_rankings"]
+    results = [rr.TargetRanks(f"t{i}", kind, {}, {}, "-") for i, kind in enumerate("aabab")]
+    assert rr.folds_of(results) == [0, 1, 0, 0, 1]
+
+
+def test_fit_weight_prefers_recall_then_mean_rank_then_the_smaller_weight(modules):
+    fit = modules["recovery_rankings"].fit_weight
+    assert fit({0.0: np.array([1.0, 2.0]), 0.1: np.array([1.0, 1.0]), 0.5: np.array([1.0, 1.0])}) == 0.1
+    assert fit({0.0: np.array([1.0, 3.0]), 0.1: np.array([1.0, 2.0])}) == 0.1  # same recall@1, better mean
+    assert fit({0.0: np.array([1.0, 5.0]), 0.1: np.array([2.0, 2.0])}) == 0.0  # recall@1 first
+
+
+def test_combined_weight_is_fitted_on_the_other_fold(modules):
+    from provenance.evidence.schema import Evidence
+
+    rr = modules["recovery_rankings"]
+    doc_index = {"p1": 0, "p2": 1}
+
+    def target(name: str, source: str) -> object:
+        evidence = {d: Evidence(label="paraphrase", similarity=0.5, longest_span_tokens=0, span_coverage=0.0,
+                                score=score) for d, score in (("p1", 0.90), ("p2", 0.85))}
+        # the value favours p2 (relative 1 against 0.25): with w = 0.1, p2 (0.95) passes p1 (0.925)
+        inputs = rr.CombineInputs(evidence, {"p1": 1.0, "p2": 4.0}, [doc_index[source]])
+        return rr.TargetRanks(name, "paraphrase", {}, {}, "paraphrase", inputs)
+
+    # the value helps both targets: each fold fits w = 0.1 on the other and ranks its source first
+    helped, info = rr.add_combined([target("a", "p2"), target("b", "p2")], doc_index, weights=(0.0, 0.1))
+    assert [r.ranks["combined"] for r in helped] == [1.0, 1.0]
+    assert info["fold_weights"] == {"0": 0.1, "1": 0.1}
+    # the value misleads target b: a's weight is fitted on b (0.0), so a is ranked second, held out
+    mixed, info = rr.add_combined([target("a", "p2"), target("b", "p1")], doc_index, weights=(0.0, 0.1))
+    assert info["fold_weights"] == {"0": 0.0, "1": 0.1}
+    assert [r.ranks["combined"] for r in mixed] == [2.0, 2.0]
+    assert [r.ranks["combined_default"] for r in mixed] == [1.0, 2.0]  # default 0.1, in-sample
