@@ -6,11 +6,15 @@
     python bench/posthoc.py --quick    # a tiny run, small sizes: a smoke test in well under a minute
 
 1. accuracy: a run of the demo's size (1,008 documents, GPT-2 2x64, 800 steps) trained with 24 targets
-   registered before training, so the engine's exact values are in values.parquet, and with sketches
-   stored. Every target is then queried from the sketches alone (the sketches never see the targets) and
-   compared per target: Spearman over all documents and top-10 overlap; medians over targets.
-   --sweep (on by default here) derives smaller sketches and longer segments from the same store and
-   measures each (k x every table), so one run gives the cost/accuracy trade-off.
+   registered before training, so the engine's exact values are in values.parquet, and with (Gaussian)
+   sketches stored in the run. Stores with data-dependent (PCA) projections of the same run are written
+   next to it by replaying the run from step 0 (sketch_by_replay; ~20-35 min once, then reused). Every
+   target is queried from the sketches alone (the sketches never see the targets) and compared per
+   target: Spearman over all documents and top-10 overlap; medians over targets. The headline figures
+   are the PCA store HEADLINE_STORE; accuracy_by_store lists every store (Gaussian in-run included).
+   --sweep (on by default here) derives smaller Gaussian sketches and longer segments from the in-run
+   store and measures each (k x every table). --decompose (separate, ~12 min) replays the run with FULL
+   per-row gradients to split the error into anchor error and projection error, per document.
 2. latency: the run's model and anchors with a store of 100k stored (segment, chunk) rows at the
    shipped default sketch size (SketchConfig(): k 32, every 50; random rows: latency does not depend on
    their values); one new output, timed end to end (tokenize, target gradients at every anchor, dots,
@@ -56,6 +60,20 @@ DEMO_SKETCH = SketchConfig(enabled=True, every=5, k_out=64, k_in=64, k_vector=64
 # The shipped default projection size; 10-step segments write anchors (2 x model size) and segments more
 # often than the default 50, so the measured overhead is an upper bound for the default.
 OVERHEAD_SKETCH = SketchConfig(enabled=True, every=10, k_out=32, k_in=32, k_vector=64, seed=0)
+# Data-dependent (LoGra-style PCA) projections of the same run, written by replaying it from step 0
+# (provenance.sketch.training.sketch_by_replay: the training update path, loss-checked), next to the run.
+def _pca(k: int, calibration: int) -> dict:
+    return {"seed": 0, "k_out": k, "k_in": k, "k_vector": 64, "every": 5, "projection": "pca",
+            "calibration_steps": calibration}
+
+
+# Measured 2026-11-26 (docs/posthoc.md): calibrating on the first 5 steps beats 50 (the calibration window is
+# sketched with the Gaussian set, whose noise is what PCA removes); k 64 is needed for bar 1.
+PCA_STORES = {"pca-k64-cal5": _pca(64, 5), "pca-k64-cal50": _pca(64, 50), "pca-k32-cal50": _pca(32, 50)}
+HEADLINE_STORE = "pca-k64-cal5"
+QUICK_PCA_STORES = {"pca-k8-cal2": {"seed": 0, "k_out": 8, "k_in": 8, "k_vector": 8, "every": 2, "projection": "pca",
+                                    "calibration_steps": 2}}
+QUICK_HEADLINE = "pca-k8-cal2"
 N_TRAIN_EXCERPTS = 8
 N_HELDOUT_EXCERPTS = 7
 
@@ -120,15 +138,16 @@ def build_accuracy_run(path: Path, quick: bool, progress: bool = True) -> Path:
     return path
 
 
-def accuracy(run_path: Path, keep: dict | None = None) -> dict:
-    """Per-target Spearman (all documents) and top-10 overlap of approximate against exact values."""
+def accuracy(run_path: Path, keep: dict | None = None, sketches: Path | None = None) -> dict:
+    """Per-target Spearman (all documents) and top-10 overlap of approximate against exact values.
+    sketches: another store of the run (a PCA store); None: the run's own (in-run Gaussian) store."""
     from scipy.stats import spearmanr
 
     from provenance.sketch.query import ApproximateQuery
     from provenance.store.tables import read_table
     from provenance.train.targets import targets_from_frame
 
-    query = ApproximateQuery(run_path)
+    query = ApproximateQuery(run_path, sketches=sketches)
     targets = targets_from_frame(read_table(query.run.targets_path, "targets"))
     torch.set_num_threads(1)
     approx = query.values(targets)
@@ -152,10 +171,34 @@ def accuracy(run_path: Path, keep: dict | None = None) -> dict:
         "min_top10_overlap": min(p["top10_overlap"] for p in per_target),
         "n_targets": len(per_target),
         "n_documents": int(merged["doc_id"].nunique()),
-        "store": {"rows": query.store.n_rows, "dim": query.store.projections.dim,
+        "store": {"path": str(sketches or run_path / "sketches"), "settings": query.store.meta["settings"],
+                  "rows": query.store.n_rows, "dim": query.store.projections.dim,
                   "segments": len(query.store.segments), "megabytes": round(query.store.nbytes() / 1e6, 1)},
         "query_seconds_all_targets": round(query.timings.seconds_total, 3),
     }
+
+
+def pca_store_path(run_path: Path, name: str) -> Path:
+    return run_path.parent / f"{run_path.name}.{name}"
+
+
+def build_pca_stores(run_path: Path, names: list[str], progress: bool = True,
+                     settings: dict | None = None) -> dict[str, Path]:
+    """Write the missing PCA stores of `names` in one replay of the run; complete ones are reused."""
+    from provenance.sketch.training import sketch_by_replay
+
+    settings = settings or PCA_STORES
+    paths = {name: pca_store_path(run_path, name) for name in names}
+    missing = {}
+    for name, path in paths.items():
+        meta = path / "meta.json"
+        if meta.is_file() and json.loads(meta.read_text(encoding="utf-8")).get("status") == "complete":
+            continue
+        shutil.rmtree(path, ignore_errors=True)  # an interrupted build
+        missing[path] = settings[name]
+    if missing:
+        sketch_by_replay(run_path, missing, progress=progress)
+    return paths
 
 
 # -- knob sweep: smaller sketches and longer segments derived from one stored run -------------------------
@@ -249,6 +292,184 @@ def sweep(run_path: Path, ks: list[int], groups: list[int], kept: dict | None = 
     return results
 
 
+# -- error decomposition: anchor error vs projection error, at the document level ---------------------
+def _full_rows_class():
+    from provenance.sketch.observer import RowSketcher
+
+    class FullRows(RowSketcher):
+        """Diagnostic observer: each row's full (unprojected) gradient in the sketch layout with Q = I."""
+
+        def _sketch(self, record, pname, slot, family):
+            dtype = self.dtype
+            if family == "matmul":
+                a, b = record.rule.factors(record.module, record.saved, record.grad)
+                b = b.to(dtype)
+                if slot.kind == "vector":
+                    return b.sum(dim=1)
+                return torch.bmm(b.transpose(1, 2), a.to(dtype))  # (rows, out, in)
+            if family == "embedding":
+                rows = record.saved.shape[0]
+                ids = record.saved.reshape(rows, -1)
+                b = record.grad.reshape(rows, ids.shape[1], -1).to(dtype)
+                out = torch.zeros(rows, slot.out_dim, slot.in_dim, dtype=dtype)
+                for r in range(rows):
+                    keep = ids[r] >= 0
+                    out[r].index_add_(0, ids[r][keep], b[r][keep])
+                return out
+            rows = record.saved.shape[0]
+            width = record.module.weight.numel()
+            b = record.grad.reshape(rows, -1, width).to(dtype)
+            xhat = record.rule.normalized(record.module, record.saved)  # the rule keeps the input, not xhat
+            source = b * xhat.reshape(rows, -1, width).to(dtype) if pname == "weight" else b
+            return source.sum(dim=1)
+
+    return FullRows
+
+
+def _flat_full(layout, grads: dict, dtype=torch.float32) -> torch.Tensor:
+    """Parameter-shaped tensors -> one flat vector in the full (Q = I) sketch layout."""
+    out = torch.zeros(layout.dim, dtype=dtype)
+    for slot in layout.slots:
+        g = grads.get(slot.name)
+        if g is not None:
+            out[slot.offset : slot.offset + slot.size] = layout.canonical(slot, g.to(dtype)).reshape(-1)
+    return out
+
+
+def _live_preconditioner(optimizer, model, layout) -> torch.Tensor:
+    """Adam's 1/(sqrt(v_t/(1-beta2^t)) + eps) of the step just taken (the engine's 'current' denominator)."""
+    group = optimizer.param_groups[0]
+    beta2, eps = float(group["betas"][1]), float(group["eps"])
+    pre = {}
+    for name, p in model.named_parameters():
+        state = optimizer.state.get(p, {})
+        if "exp_avg_sq" not in state:
+            continue
+        n = int(float(state["step"]))
+        v = state["exp_avg_sq"].to(torch.float64)
+        d = 1.0 / ((v / (1 - beta2**n)).sqrt() + eps)
+        pre[name] = torch.where(v > 0, d, torch.zeros_like(d))
+    return _flat_full(layout, pre)
+
+
+def decompose(run_path: Path, groups: tuple[int, ...] = (1, 2, 4, 8), progress: bool = True) -> dict:
+    """Replay the run from step 0 and value every row with FULL gradients dotted with the target gradient at
+    the stored anchors (anchor error only), next to the sketch values (projection on top) and the exact
+    engine values; all compared per document (Spearman over documents, top-10 overlap), as bar 1 is.
+
+    Variants: anchor_eN (N = every x group: the target gradient and Adam preconditioner at the middle
+    anchor of each N-step group, rows unprojected); anchor_e5_precond_step (target gradient at the anchor,
+    each step's own preconditioner); sketch (the stored k_out x k_in projections at the same anchors)."""
+    from scipy.stats import spearmanr
+    from tqdm.auto import tqdm
+
+    from provenance.sketch.observer import adam_scales
+    from provenance.sketch.projection import Projections
+    from provenance.sketch.query import ApproximateQuery
+    from provenance.store.tables import read_table
+    from provenance.train.loop import Recorder, run_steps
+    from provenance.train.prepare import prepare_from_run
+    from provenance.train.runtime import deterministic_runtime
+    from provenance.train.segments import expected_losses
+    from provenance.train.targets import targets_from_frame
+    from provenance.train.trainer import make_trajectory
+    from provenance.engine import CausalLMTask
+
+    query = ApproximateQuery(run_path)
+    run, store = query.run, query.store
+    manifest = run.read_manifest()
+    targets = targets_from_frame(read_table(run.targets_path, "targets"))
+    target_ids = [t.target_id for t in targets]
+    k = len(targets)
+    batch = query.encode(targets)
+    sketch_frame = query.values(targets)
+    prepared = prepare_from_run(run, manifest)
+    expected = expected_losses(run)
+    every = store.meta["every"]
+    n_seg = len(store.segments)
+    seg_anchor = [s.anchor_step for s in store.segments]
+    doc_index = {d: i for i, d in enumerate(query.doc_ids)}
+    chunk_doc = np.array([doc_index[d] for d in query.chunk_doc], dtype=np.int64)
+    names = ["anchor_e%d" % (every * g) for g in groups] + ["anchor_e%d_precond_step" % every]
+    acc = {n: np.zeros((len(query.doc_ids), k)) for n in names}
+    task = CausalLMTask()
+    qmodel = query.model
+    qparams = dict(qmodel.named_parameters())
+
+    class Capture(Recorder):
+        def add(self, step, chunk_ids, doc_ids, result, seconds):
+            self.last = (list(chunk_ids), float(result.clip_factor))
+
+    def anchor_directions(step: int, layout) -> tuple[torch.Tensor, torch.Tensor]:
+        """(K, D) raw target gradients at the anchor's weights and (D,) its preconditioner, full layout."""
+        anchor = query.anchors[step]
+        with torch.no_grad():
+            for name, p in qparams.items():
+                p.copy_(anchor.weights[name])
+        qmodel.eval()
+        raw = torch.zeros(k, layout.dim)
+        for j in range(k):
+            single = task.select_targets(batch, [j])
+            loss = task.target_losses(qmodel, single)[0]
+            grads = torch.autograd.grad(loss, list(qparams.values()), allow_unused=True)
+            raw[j] = _flat_full(layout, {n: g for n, g in zip(qparams, grads) if g is not None})
+        return raw, _flat_full(layout, anchor.precond)
+
+    started = time.perf_counter()
+    with deterministic_runtime(manifest["runtime"]["torch_num_threads"]):
+        traj = make_trajectory(prepared, None, [], run=run, checkpoint=0)
+        layout = Projections.build(traj.model, 10**7, 10**7, 10**7, 0)
+        layout.matrices = {}  # identity everywhere; only the slot layout is used
+        full = _full_rows_class()(traj.model, layout)
+        remove = traj.engine.add_observer(full.observe)
+        capture = Capture([], 1)
+        cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        try:
+            bar = tqdm(total=store.meta["last_step"], desc="decompose", disable=not progress)
+            for step in range(1, store.meta["last_step"] + 1):
+                seg = (step - 1) // every
+                wanted = {g: seg_anchor[min((seg // g) * g + g // 2, n_seg - 1)] for g in groups}
+                for old in [a for a in cache if a not in wanted.values()]:
+                    del cache[old]
+                for a in wanted.values():
+                    if a not in cache:
+                        cache[a] = anchor_directions(a, layout)
+                run_steps(traj, step, step, recorder=capture, expected_losses=expected, progress=False)
+                chunk_ids, clip = capture.last
+                rows = full.take().to(torch.float32)
+                rows *= adam_scales(traj.optimizer, traj.model, layout, clip).to(torch.float32)
+                docs = chunk_doc[np.asarray(chunk_ids)]
+                for g in groups:
+                    raw, pre = cache[wanted[g]]
+                    np.add.at(acc["anchor_e%d" % (every * g)], docs, (rows @ (raw * pre).T).double().numpy())
+                raw, _ = cache[wanted[1]]
+                live = _live_preconditioner(traj.optimizer, traj.model, layout)
+                np.add.at(acc["anchor_e%d_precond_step" % every], docs, (rows @ (raw * live).T).double().numpy())
+                bar.update(1)
+            bar.close()
+        finally:
+            remove()
+            traj.engine.close()
+    exact = read_table(run.values_path, "values")
+    exact_m = exact.pivot(index="doc_id", columns="target_id", values="value_first_order").loc[query.doc_ids, target_ids].to_numpy()
+    sketch_m = sketch_frame.pivot(index="doc_id", columns="target_id", values="value").loc[query.doc_ids, target_ids].to_numpy()
+    variants = {**acc, "sketch_k%d_e%d" % (store.meta["settings"]["k_out"], every): sketch_m}
+
+    def compare(x: np.ndarray, y: np.ndarray) -> dict:
+        rhos = [float(spearmanr(x[:, j], y[:, j]).statistic) for j in range(k)]
+        tops = [len(set(np.argsort(-x[:, j])[:10]) & set(np.argsort(-y[:, j])[:10])) / 10 for j in range(k)]
+        return {"median_spearman": round(statistics.median(rhos), 4), "median_top10_overlap": statistics.median(tops),
+                "min_spearman": round(min(rhos), 4),
+                "per_target_spearman": {t: round(r, 3) for t, r in zip(target_ids, rhos)}}
+
+    out = {"vs_exact": {n: compare(m, exact_m) for n, m in variants.items()},
+           "sketch_vs_anchor_e%d" % every: compare(sketch_m, acc["anchor_e%d" % every]),
+           "n_targets": k, "n_documents": len(query.doc_ids), "full_dim": layout.dim,
+           "seconds": round(time.perf_counter() - started, 1)}
+    np.savez(Path(tempfile.gettempdir()) / f"decompose-{run_path.name}.npz", exact=exact_m, **variants)
+    return out
+
+
 # -- latency ----------------------------------------------------------------------------------------
 def synthetic_store(run_path: Path, folder: Path, n_rows: int, k: int | None, every: int | None,
                     seed: int = 0) -> tuple[Path, dict]:
@@ -294,13 +515,26 @@ def synthetic_store(run_path: Path, folder: Path, n_rows: int, k: int | None, ev
     return folder, settings
 
 
-def latency(run_path: Path, n_rows: int, k: int | None = None, every: int | None = None, reps: int = 3) -> dict:
-    """End-to-end time of one new output's approximate values against n_rows stored rows."""
+def latency(run_path: Path, n_rows: int, k: int | None = None, every: int | None = None, reps: int = 3,
+            store_dir: Path | None = None) -> dict:
+    """End-to-end time of one new output's approximate values against n_rows stored rows.
+    store_dir: keep the synthetic store there and reuse it when present (build it niced, time at priority)."""
+    import contextlib
+
     from provenance.sketch.query import ApproximateQuery
     from provenance.sketch.store import SketchStore
 
-    with tempfile.TemporaryDirectory(dir=run_path.parent, prefix=".posthoc-latency-") as tmp:
-        folder, settings = synthetic_store(run_path, Path(tmp) / "sketches", n_rows, k, every)
+    keep = store_dir is not None
+    with (contextlib.nullcontext(str(store_dir)) if keep else
+          tempfile.TemporaryDirectory(dir=run_path.parent, prefix=".posthoc-latency-")) as tmp:
+        folder = Path(tmp) / "sketches"
+        if keep and (folder / "meta.json").is_file():
+            settings = json.loads((folder / "meta.json").read_text(encoding="utf-8"))["settings"]
+            if (settings["k_out"], settings["every"]) != (k or settings["k_out"], every or settings["every"]) or \
+                    SketchStore.open(folder, ApproximateQuery(run_path).model, settings).n_rows != n_rows:
+                raise SystemExit(f"{folder} holds another latency store; remove it or pick another --latency-store")
+        else:
+            folder, settings = synthetic_store(run_path, folder, n_rows, k, every)
         query = ApproximateQuery(run_path)
         opened = time.perf_counter()
         query.use_store(SketchStore.open(folder, query.model, settings))
@@ -421,6 +655,13 @@ def main() -> None:
     parser.add_argument("--latency-every", type=int, default=None,
                         help="segment length of the latency store (default: SketchConfig's; --quick: the run's)")
     parser.add_argument("--skip", nargs="*", default=[], choices=["accuracy", "latency", "overhead"])
+    parser.add_argument("--latency-store", type=Path, default=None,
+                        help="keep the synthetic latency store in this folder and reuse it (build once niced, "
+                             "then time at priority)")
+    parser.add_argument("--no-sweep", action="store_true", help="skip the k x every sweep of the full benchmark")
+    parser.add_argument("--decompose", action="store_true",
+                        help="replay the accuracy run: anchor error (full gradients at the anchors) vs projection "
+                             "error, per document, then stop")
     parser.add_argument("--build-only", action="store_true", help="train the accuracy run and stop")
     parser.add_argument("--sweep", action="store_true",
                         help="derive smaller sketches / longer segments from the stored run and measure them "
@@ -439,25 +680,43 @@ def main() -> None:
         build_accuracy_run(run_path, quick, progress=not args.json)
         if args.build_only:
             return
+        if args.decompose:
+            print(json.dumps(decompose(run_path, progress=not args.json)))
+            return
         result: dict = {}
         kept: dict = {}
         if "accuracy" not in args.skip:
-            result.update(accuracy(run_path, kept))
-        if args.sweep or (not quick and "accuracy" not in args.skip):
-            result["sweep"] = sweep(run_path, [8, 16, 32, 64], [1, 2, 4, 8], kept)
+            stores = QUICK_PCA_STORES if quick else PCA_STORES
+            paths = build_pca_stores(run_path, list(stores), progress=not args.json, settings=stores)
+            headline = QUICK_HEADLINE if quick else HEADLINE_STORE
+            result.update(accuracy(run_path, None, sketches=paths[headline]))
+            result["headline_store"] = headline
+            by_store = {"gaussian-in-run": accuracy(run_path, kept)}
+            by_store.update({name: accuracy(run_path, None, sketches=path) for name, path in paths.items()
+                             if name != headline})
+            by_store[headline] = {k: result[k] for k in ("per_target", "median_spearman", "median_top10_overlap",
+                                                         "min_spearman", "min_top10_overlap", "store")}
+            result["accuracy_by_store"] = {
+                name: {k: r[k] for k in ("median_spearman", "median_top10_overlap", "min_spearman",
+                                         "min_top10_overlap", "store")} for name, r in by_store.items()}
+        if args.sweep or (not quick and "accuracy" not in args.skip and not args.no_sweep):
+            result["sweep"] = sweep(run_path, [8, 16, 32, 64], [1, 2, 4, 8], kept or None)
             kept.clear()
         if "latency" not in args.skip:
             default = SketchConfig()
             k = args.latency_k or (None if quick else default.k_out)
             every = args.latency_every or (None if quick else default.every)
-            result["latency"] = latency(run_path, args.rows or (2000 if quick else 100_000), k, every)
+            result["latency"] = latency(run_path, args.rows or (2000 if quick else 100_000), k, every,
+                                        store_dir=args.latency_store)
             result["query_latency_s"] = result["latency"]["query_latency_s"]
         if "overhead" not in args.skip:
             sketch = SketchConfig(enabled=True, every=2, k_out=8, k_in=8, k_vector=8) if quick else OVERHEAD_SKETCH
             result["overhead"] = overhead(quick, sketch)
             result["overhead_ratio"] = result["overhead"]["overhead_ratio"]
         result["sizes"] = {"run": str(run_path), "quick": quick,
-                           "accuracy_store_sketch": _read_settings(run_path),
+                           "accuracy_store_sketch": ({**result["store"]["settings"], "dim": result["store"]["dim"],
+                                                      "rows": result["store"]["rows"]} if "store" in result
+                                                     else _read_settings(run_path)),
                            "latency_sketch": {k: result["latency"][k] for k in ("k_out", "k_in", "every", "dim",
                                               "stored_rows")} if "latency" in result else None,
                            "overhead_sketch": result["overhead"]["sketch"] if "overhead" in result else None}
@@ -477,12 +736,17 @@ def _read_settings(run_path: Path) -> dict:
 
 def _print_table(result: dict) -> None:
     if "per_target" in result:
-        print(f"accuracy: {result['n_targets']} targets x {result['n_documents']} documents, store {result['store']}")
+        print(f"accuracy ({result.get('headline_store')}): {result['n_targets']} targets x {result['n_documents']} "
+              f"documents, store {result['store']}")
         print(f"{'target':<22}{'spearman':>10}{'top-10':>8}{'pearson':>10}")
         for row in result["per_target"]:
             print(f"{row['target_id']:<22}{row['spearman']:>10.4f}{row['top10_overlap']:>8.1f}{row['pearson']:>10.4f}")
         print(f"{'median':<22}{result['median_spearman']:>10.4f}{result['median_top10_overlap']:>8.1f}"
               f"   (min {result['min_spearman']:.4f} / {result['min_top10_overlap']:.1f})")
+    for name, row in result.get("accuracy_by_store", {}).items():
+        print(f"store {name:<18} median spearman {row['median_spearman']:.4f}  top-10 {row['median_top10_overlap']:.2f}"
+              f"  (min {row['min_spearman']:.4f} / {row['min_top10_overlap']:.1f})  dim {row['store']['dim']}"
+              f"  {row['store']['megabytes']} MB")
     for row in result.get("sweep", []):
         print("sweep:", row)
     if "latency" in result:

@@ -85,6 +85,11 @@ def train(
         "(`provenance approximate`; docs/posthoc.md)."),
     sketch_every: Optional[int] = typer.Option(
         None, help="Steps per sketch segment; must divide --checkpoint-every [default 50]."),
+    sketch_k: Optional[int] = typer.Option(
+        None, help="Sketch size per matrix side (k_out = k_in) [default 32]; storage grows with its square."),
+    sketch_projection: str = typer.Option(
+        "gaussian", help="'gaussian' (fixed random) or 'pca' (calibrated on the first segment; far more "
+        "accurate, docs/posthoc.md)."),
 ) -> None:
     """Pretrain a GPT-2 from scratch with the attribution engine attached; write the run directory."""
     from provenance.config import AttributionConfig, ModelConfig, RunConfig, SketchConfig, TrainConfig
@@ -132,7 +137,12 @@ def train(
                 model=ModelConfig(**model_over),
                 train=TrainConfig(**train_over),
                 attribution=AttributionConfig(**attr_over),
-                sketch=SketchConfig(enabled=sketch, **({"every": sketch_every} if sketch_every else {})),
+                sketch=SketchConfig(
+                    enabled=sketch,
+                    projection=sketch_projection,
+                    **({"every": sketch_every} if sketch_every else {}),
+                    **({"k_out": sketch_k, "k_in": sketch_k} if sketch_k else {}),
+                ),
             )
             target_list = read_targets_jsonl(targets) if targets else []
             result = train_run(corpus, path, config, targets=target_list, tokenizer=tokenizer,

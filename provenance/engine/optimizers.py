@@ -203,7 +203,7 @@ def linearize(
         if clipped_grad is None:
             raise ValueError("this Adam linearization needs the clipped batch gradient (needs_gradient() is True)")
         grad = clipped_grad if (decoupled or wd == 0) else clipped_grad + wd * p
-        v_t = exp_avg_sq * beta2 + (1 - beta2) * grad * grad
+        v_t = torch.mul(exp_avg_sq, beta2).addcmul_(grad, grad, value=1 - beta2)  # torch's own arithmetic
         current = v_t.sqrt_().div_((1 - beta2**step) ** 0.5).add_(eps).reciprocal_()
         precond = current if fresh is None else torch.where(fresh, current, precond)
     step_size = lr / bc1

@@ -6,6 +6,11 @@ Q_out G Q_in^T (k_out x k_in). Q has i.i.d. N(0, 1/k) entries, so E[Q^T Q] = I a
 unbiased estimates of gradient dots; a side whose size is <= k is kept exactly (Q = identity).
 Vectors (biases, LayerNorm scales) get one Q of k_vector rows. Per-row sketches of a matrix are
 formed from per-token factors (Q_out b_t) (Q_in a_t)^T, never the full per-row gradient.
+
+Data-dependent ("pca") projections replace each Gaussian matrix side by the top-k eigenvectors of that
+side's gradient covariance, estimated during a calibration window of training (observer.CovarianceSketch,
+LoGra-style): rows are orthonormal, so a sketch dot is the exact dot of the gradients' parts inside the
+dominant subspaces (biased, low variance) instead of an unbiased but noisy random estimate.
 """
 
 from __future__ import annotations
@@ -74,13 +79,22 @@ def _matrix_kind(module: nn.Module) -> tuple[bool, str]:
 class Projections:
     """All parameters' projections and their slots in the flat sketch vector (length `dim`)."""
 
-    def __init__(self, slots: list[ParamSlot], matrices: dict[str, torch.Tensor], seed: int):
+    def __init__(self, slots: list[ParamSlot], matrices: dict[str, torch.Tensor], seed: int, kind: str = "gaussian"):
         self.slots = slots
         self.by_name = {slot.name: slot for slot in slots}
         self.matrices = matrices  # "<param>.out" / "<param>.in" / "<param>.vec" -> (k, dim) float64
         self.seed = seed
+        self.kind = kind  # "gaussian" (regenerated from the seed) or "pca" (estimated; only the stored file holds it)
         self.dim = sum(slot.size for slot in slots)
         self._cache: dict[tuple[str, torch.dtype], torch.Tensor] = {}
+
+    def with_matrices(self, replaced: dict[str, torch.Tensor], kind: str) -> "Projections":
+        """Same slots (so the same sketch layout and dim), some matrices replaced (e.g. by PCA sides)."""
+        for key, q in replaced.items():
+            if key not in self.matrices or tuple(q.shape) != tuple(self.matrices[key].shape):
+                raise ValueError(f"projection {key}: shape {tuple(q.shape)} does not fit the slot layout")
+        return Projections(self.slots, {**self.matrices, **{k: v.to(torch.float64) for k, v in replaced.items()}},
+                           self.seed, kind)
 
     @classmethod
     def build(cls, model: nn.Module, k_out: int, k_in: int, k_vector: int, seed: int) -> "Projections":
@@ -147,11 +161,50 @@ class Projections:
         return out
 
     def settings(self) -> dict[str, Any]:
-        """What a store must match to be reused with these projections."""
-        return {"seed": self.seed, "dim": self.dim, "slots": [slot.to_json() for slot in self.slots]}
+        """What a store must match to be reused with these projections (estimated ones: their exact bytes)."""
+        out = {"seed": self.seed, "dim": self.dim, "slots": [slot.to_json() for slot in self.slots]}
+        if self.kind != "gaussian":
+            out["kind"] = self.kind
+            out["matrices_sha256"] = matrices_sha256(self.matrices)
+        return out
 
     def fingerprint(self) -> str:
         return hashlib.sha256(json.dumps(self.settings(), sort_keys=True).encode()).hexdigest()
+
+
+def matrices_sha256(matrices: dict[str, torch.Tensor]) -> str:
+    """Hash of every projection matrix's name, shape and float64 bytes (estimated projections' identity)."""
+    digest = hashlib.sha256()
+    for key in sorted(matrices):
+        q = matrices[key].detach().to(torch.float64).contiguous()
+        digest.update(f"{key}:{list(q.shape)}".encode())
+        digest.update(q.numpy().tobytes())
+    return digest.hexdigest()
+
+
+def top_eigenvectors(y: torch.Tensor, omega: torch.Tensor | None, k: int) -> torch.Tensor:
+    """(k, n) orthonormal rows spanning the top-k eigenvectors of a PSD matrix C known through Y = C Omega.
+
+    omega None: y is C itself (eigh). Otherwise the single-pass Nystrom approximation
+    C ~ Y (Omega^T Y)^+ Y^T (Tropp, Yurtsever, Udell, Cevher 2017), with a tiny shift for stability."""
+    y = y.to(torch.float64)
+    if float(y.abs().max()) == 0.0:
+        raise ValueError("the covariance is zero: the calibration window saw no gradient on this side")
+    if omega is None:
+        sym = (y + y.T) / 2
+        _, vectors = torch.linalg.eigh(sym)
+        return vectors[:, -k:].flip(1).T.contiguous()
+    omega = omega.to(torch.float64)
+    nu = y.shape[0] ** 0.5 * torch.finfo(torch.float64).eps * float(torch.linalg.matrix_norm(y))
+    y_nu = y + nu * omega
+    b = omega.T @ y_nu
+    w, v = torch.linalg.eigh((b + b.T) / 2)
+    keep = w > w.max() * 1e-12
+    f = y_nu @ (v[:, keep] / w[keep].sqrt())
+    u, _, _ = torch.linalg.svd(f, full_matrices=False)
+    if u.shape[1] < k:
+        raise ValueError(f"the covariance has rank {u.shape[1]} < k = {k}; calibrate on more steps or lower k")
+    return u[:, :k].T.contiguous()
 
 
 def model_fingerprint(model: nn.Module) -> str:

@@ -10,6 +10,9 @@ and takes z . s. Approximations, all measured by bench/posthoc.py against exact 
   2. the target gradient at the anchor instead of at every step of the segment;
   3. the preconditioner at the anchor (Adam's v before the anchor's next step) instead of each step's.
 Elements whose second moment is still zero at the anchor (never updated) contribute nothing.
+A store with calibrated ("pca") projections marks each segment with the set that sketched it; the target
+is projected with that set. Target gradients at all anchors come from vmapped passes over stacked anchor
+weights (torch.func), equal to one pass per anchor up to float rounding.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from provenance.config import ConfigError
 from provenance.errors import SketchMismatchError, TargetError
 from provenance.sketch.store import SketchStore, load_anchor
 
@@ -58,39 +62,86 @@ def load_anchors(store: SketchStore, params: dict[str, torch.Tensor]) -> dict[in
 
 
 def target_sketches(store: SketchStore, model: torch.nn.Module, targets: Any, task: Any = None,
-                    anchors: dict[int, Anchor] | None = None) -> torch.Tensor:
-    """(segments, K, dim): each target's preconditioned gradient at each segment's anchor, projected."""
+                    anchors: dict[int, Anchor] | None = None, batched: bool = True,
+                    anchors_per_pass: int = 32) -> torch.Tensor:
+    """(segments, K, dim): each target's preconditioned gradient at each segment's anchor, projected with
+    the projections that sketched the segment.
+
+    batched: one vectorized forward/backward (torch.func.vmap over stacked anchor weights) per
+    `anchors_per_pass` anchors instead of one pass per anchor; same values up to float rounding, several
+    times faster for small models, whose passes are dominated by per-operation overhead."""
     from provenance.engine import CausalLMTask
 
     task = task or CausalLMTask()
     params = dict(model.named_parameters())
     anchors = anchors if anchors is not None else load_anchors(store, params)
     k = task.num_targets(targets)
-    projections = store.projections
-    out = torch.zeros(len(store.segments), k, projections.dim, dtype=torch.float32)
-    done: dict[int, torch.Tensor] = {}
-    names = list(params)
+    out = torch.zeros(len(store.segments), k, store.projections.dim, dtype=torch.float32)
+    kinds: dict[int, set[str]] = {}
+    for segment in store.segments:
+        kinds.setdefault(segment.anchor_step, set()).add(segment.projection)
+    steps = sorted(kinds)
+    sets = {"gaussian": store.projections, "pca": store.pca}
     was_training = model.training
     model.eval()
     try:
-        for i, segment in enumerate(store.segments):
-            if segment.anchor_step in done:
-                out[i] = done[segment.anchor_step]
-                continue
-            anchor = anchors[segment.anchor_step]
-            with torch.no_grad():
-                for name, p in params.items():
-                    p.copy_(anchor.weights[name])
-            for j in range(k):  # one target per pass: a backward through all K rows would cost K times more
-                single = targets if k == 1 else task.select_targets(targets, [j])
-                loss = task.target_losses(model, single)[0]
-                grads = torch.autograd.grad(loss, [params[n] for n in names], allow_unused=True)
-                directed = {n: g.float() * anchor.precond[n] for n, g in zip(names, grads) if g is not None}
-                out[i, j] = projections.project_full(directed, torch.float32)
-            done[segment.anchor_step] = out[i]
+        for j in range(k):  # one target per pass: a backward through all K rows would cost K times more
+            single = task.select_targets(targets, [j])  # also trims trailing padding: cheaper passes
+            done: dict[tuple[int, str], torch.Tensor] = {}
+            gradients = _batched_gradients(model, task, single, anchors, steps, anchors_per_pass) if batched else \
+                _looped_gradients(model, task, single, anchors, steps)
+            for step, grads in gradients:
+                anchor = anchors[step]
+                directed = {n: g.float() * anchor.precond[n] for n, g in grads.items()}
+                for kind in kinds[step]:
+                    done[(step, kind)] = sets[kind].project_full(directed, torch.float32)
+            for i, segment in enumerate(store.segments):
+                out[i, j] = done[(segment.anchor_step, segment.projection)]
     finally:
         model.train(was_training)
     return out
+
+
+def _looped_gradients(model, task, single, anchors, steps):
+    """(anchor step, {param: gradient}) one forward/backward per anchor (the model's weights are overwritten)."""
+    params = dict(model.named_parameters())
+    for step in steps:
+        with torch.no_grad():
+            for name, p in params.items():
+                p.copy_(anchors[step].weights[name])
+        loss = task.target_losses(model, single)[0]
+        grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
+        yield step, {n: g for n, g in zip(params, grads) if g is not None}
+
+
+class _Functional:
+    """The model called with given parameters (torch.func.functional_call; tied weights stay tied)."""
+
+    def __init__(self, model, params, buffers):
+        self.model, self.params, self.buffers = model, params, buffers
+
+    def __call__(self, **kwargs):
+        from torch.func import functional_call
+
+        return functional_call(self.model, (self.params, self.buffers), kwargs=kwargs)
+
+
+def _batched_gradients(model, task, single, anchors, steps, per_pass: int):
+    """(anchor step, {param: gradient}) from vmapped forward/backward passes over stacked anchor weights."""
+    from torch.func import grad, vmap
+
+    names = [n for n, _ in model.named_parameters()]
+    buffers = dict(model.named_buffers())
+
+    def loss(params):
+        return task.target_losses(_Functional(model, params, buffers), single)[0]
+
+    for begin in range(0, len(steps), per_pass):
+        chunk = steps[begin : begin + per_pass]
+        stacked = {n: torch.stack([anchors[s].weights[n] for s in chunk]) for n in names}
+        grads = vmap(grad(loss))(stacked)
+        for i, step in enumerate(chunk):
+            yield step, {n: grads[n][i] for n in names}
 
 
 def _preconditioners(second: dict[str, torch.Tensor], meta: dict[str, str], params: dict) -> dict[str, torch.Tensor]:
@@ -146,7 +197,9 @@ def per_document(chunk_ids: np.ndarray, values: np.ndarray, chunk_doc: np.ndarra
 class ApproximateQuery:
     """A run's sketch store opened once (model skeleton, tokenizer, chunk map); `values(targets)` per query."""
 
-    def __init__(self, run_dir: str | Path):
+    def __init__(self, run_dir: str | Path, sketches: str | Path | None = None):
+        """sketches: another store of this run (e.g. written by training.sketch_by_replay with other settings);
+        its own meta.json gives the settings, still checked against the run's model."""
         from provenance.config import RunConfig
         from provenance.data.tokenizer import load_tokenizer
         from provenance.store.run_dir import RunDirectory
@@ -156,14 +209,16 @@ class ApproximateQuery:
         self.run = RunDirectory.open(run_dir)
         manifest = self.run.read_manifest()
         self.config = RunConfig.from_json({k: v for k, v in manifest["config"].items() if k != "engine"})
-        if not self.config.sketch.enabled:
+        if not self.config.sketch.enabled and sketches is None:
             raise SketchMismatchError(
                 f"run {self.run.path} was trained without sketches (config sketch.enabled is false); "
                 "use exact replay (provenance attribute), or train with --sketch"
             )
         self.model = build_model(self.config.model, int(manifest["tokenizer"]["vocab_size"]), self.config.train.seed)
-        settings = sketch_settings(self.config.sketch)
-        self.store = SketchStore.open(self.run.path / "sketches", self.model, settings)
+        if sketches is None:
+            self.store = SketchStore.open(self.run.path / "sketches", self.model, sketch_settings(self.config.sketch))
+        else:
+            self.store = SketchStore.open(sketches, self.model, sketch_settings(_stored_settings(Path(sketches))))
         self.tokenizer = load_tokenizer(self.run.tokenizer_path)
         chunks = read_table(self.run.chunks_path, "chunks")
         self.chunk_doc = np.empty(len(chunks), dtype=object)
@@ -200,10 +255,38 @@ class ApproximateQuery:
         return frame
 
 
+PROJECTION_KINDS = ("gaussian", "pca")
+
+
 def sketch_settings(sketch_config: Any) -> dict[str, Any]:
-    """The settings a store records and a query must match (from config.SketchConfig)."""
-    return {"seed": int(sketch_config.seed), "k_out": int(sketch_config.k_out), "k_in": int(sketch_config.k_in),
-            "k_vector": int(sketch_config.k_vector), "every": int(sketch_config.every)}
+    """The settings a store records and a query must match (from config.SketchConfig, or such a dict).
+
+    `projection` "pca" (with `calibration_steps`, a multiple of `every`) asks for data-dependent
+    projections calibrated on the first steps; "gaussian" (the default) adds no key, so stores written
+    before the option existed keep matching."""
+    get = sketch_config.get if isinstance(sketch_config, dict) else (lambda key, default=None:
+                                                                      getattr(sketch_config, key, default))
+    out = {"seed": int(get("seed", 0)), "k_out": int(get("k_out")), "k_in": int(get("k_in")),
+           "k_vector": int(get("k_vector")), "every": int(get("every"))}
+    kind = get("projection", "gaussian") or "gaussian"
+    if kind not in PROJECTION_KINDS:
+        raise ConfigError(f"sketch projection {kind!r} is not one of {list(PROJECTION_KINDS)}")
+    if kind == "pca":
+        calibration = int(get("calibration_steps", out["every"]) or out["every"])
+        if calibration < 1 or calibration % out["every"]:
+            raise ConfigError(f"sketch calibration_steps ({calibration}) must be a positive multiple of every "
+                              f"({out['every']}): the calibrated projections start with a segment")
+        out.update(projection="pca", calibration_steps=calibration)
+    return out
+
+
+def _stored_settings(folder: Path) -> dict[str, Any]:
+    import json
+
+    meta_path = folder / "meta.json"
+    if not meta_path.is_file():
+        raise SketchMismatchError(f"{folder} holds no sketches (meta.json missing)")
+    return dict(json.loads(meta_path.read_text(encoding="utf-8")).get("settings", {}))
 
 
 def approximate_values(run_dir: str | Path, targets: list[Any]) -> pd.DataFrame:

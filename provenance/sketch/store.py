@@ -2,6 +2,8 @@
 
     meta.json                       settings + fingerprints (model architecture, projections), status
     projections.safetensors         every Q matrix (so a query uses exactly the projections of training)
+    projections_pca.safetensors     (projection "pca") the calibrated Q matrices, used by every segment
+                                    after the calibration window; meta.json holds their sha256
     anchors/step_NNNNNN.safetensors weights and Adam second moments at each segment's anchor step
     segments/segment_NNNNN.safetensors  chunk_id (n,) int64, sketch (n, dim) float32: the sum over the
                                     segment's steps of each chunk's scaled row sketches
@@ -26,7 +28,7 @@ from safetensors import safe_open
 from torch import nn
 
 from provenance.errors import SketchMismatchError
-from provenance.sketch.projection import Projections, model_fingerprint
+from provenance.sketch.projection import Projections, matrices_sha256, model_fingerprint
 from provenance.store import atomic
 
 FORMAT_VERSION = 1
@@ -51,6 +53,17 @@ class Segment:
     last_step: int
     anchor_step: int
     path: Path
+    projection: str = "gaussian"  # which projection set sketched its rows ("pca" after calibration)
+
+
+def calibration_steps(settings: dict[str, Any]) -> int:
+    """Steps sketched with the Gaussian projections before the calibrated ones take over (0: never)."""
+    return int(settings.get("calibration_steps", 0)) if settings.get("projection", "gaussian") == "pca" else 0
+
+
+def segment_projection(first_step: int, settings: dict[str, Any]) -> str:
+    calibration = calibration_steps(settings)
+    return "pca" if calibration and first_step > calibration else "gaussian"
 
 
 class SketchWriter:
@@ -77,6 +90,17 @@ class SketchWriter:
         self._segment: int | None = None
         self._slots: dict[int, int] = {}
         self._acc: torch.Tensor | None = None
+        self.settings = dict(settings)
+
+    def save_pca(self, pca: Projections) -> None:
+        """Store the calibrated projections (before any segment sketched with them is written)."""
+        atomic.write_safetensors(self.folder / PCA_FILE, dict(pca.matrices))
+        self.meta["pca_sha256"] = matrices_sha256(pca.matrices)
+        atomic.write_json(self.folder / "meta.json", {**self.meta, "status": STATUS_TRAINING})
+
+    def load_pca(self) -> Projections:
+        """The calibrated projections of a resumed run, checked against meta.json."""
+        return load_pca(self.folder, self.meta.get("pca_sha256"), self.projections)
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def start(self, first_step: int, optimizer: torch.optim.Optimizer) -> None:
@@ -87,7 +111,10 @@ class SketchWriter:
             )
         meta_path = self.folder / "meta.json"
         if meta_path.is_file():
-            check_meta(json.loads(meta_path.read_text(encoding="utf-8")), self.meta, meta_path)
+            found = json.loads(meta_path.read_text(encoding="utf-8"))
+            check_meta(found, self.meta, meta_path)
+            if "pca_sha256" in found and first_step > calibration_steps(self.settings):
+                self.meta["pca_sha256"] = found["pca_sha256"]
         elif first_step != 1:
             raise SketchMismatchError(f"{meta_path} is missing: the sketches of steps before {first_step} are lost")
         else:
@@ -157,7 +184,8 @@ class SketchWriter:
         atomic.write_safetensors(
             self.folder / "segments" / f"segment_{index:05d}.safetensors",
             {"chunk_id": chunk_ids, "sketch": rows},
-            {"first_step": str(first), "last_step": str(last), "anchor_step": str(anchor)},
+            {"first_step": str(first), "last_step": str(last), "anchor_step": str(anchor),
+             "projection": segment_projection(first, self.settings)},
         )
 
 
@@ -198,14 +226,47 @@ def memmap_tensor(path: Path, name: str) -> np.ndarray:
     return np.memmap(path, dtype=dtype, mode="r", offset=8 + length + begin, shape=shape)
 
 
+PCA_FILE = "projections_pca.safetensors"
+
+
+def load_pca(folder: Path, expected_sha256: str | None, gaussian: Projections) -> Projections:
+    """The calibrated projections of a store, refused unless their hash is the one meta.json recorded."""
+    path = folder / PCA_FILE
+    if expected_sha256 is None or not path.is_file():
+        raise SketchMismatchError(
+            f"{folder}: projection 'pca' but the calibrated projections ({PCA_FILE} and its sha256 in meta.json) "
+            "are missing; the calibration window did not finish or the store is damaged"
+        )
+    matrices = load_projection_matrices(path)
+    if set(matrices) != set(gaussian.matrices):
+        raise SketchMismatchError(f"{path} holds other projections than this model's slots; the store is damaged")
+    if matrices_sha256(matrices) != expected_sha256:
+        raise SketchMismatchError(f"{path} differs from the calibrated projections recorded in meta.json "
+                                  "(a modified file); the sketches cannot be reused with it")
+    try:
+        return gaussian.with_matrices(matrices, "pca")
+    except ValueError as exc:
+        raise SketchMismatchError(f"{path}: {exc}; the store is damaged") from exc
+
+
 class SketchStore:
     """A completed store, opened for queries after its metadata check."""
 
-    def __init__(self, folder: Path, meta: dict[str, Any], projections: Projections):
+    def __init__(self, folder: Path, meta: dict[str, Any], projections: Projections,
+                 pca: Projections | None = None):
         self.folder = folder
         self.meta = meta
-        self.projections = projections
+        self.projections = projections  # the Gaussian set (every segment of a "gaussian" store)
+        self.pca = pca  # the calibrated set of a "pca" store
         self.segments = self._segments()
+
+    def projections_for(self, segment: Segment) -> Projections:
+        """The projections that sketched this segment's rows (a query must project its target with them)."""
+        if segment.projection == "pca":
+            if self.pca is None:
+                raise SketchMismatchError(f"{segment.path} was sketched with calibrated projections the store lacks")
+            return self.pca
+        return self.projections
 
     @classmethod
     def open(cls, folder: str | Path, model: nn.Module, settings: dict[str, Any]) -> "SketchStore":
@@ -235,14 +296,15 @@ class SketchStore:
                 "for this model (another torch version's random generator, or a modified file); the sketches "
                 "cannot be reused with these projections"
             )
-        return cls(folder, meta, projections)
+        pca = load_pca(folder, meta.get("pca_sha256"), projections) if calibration_steps(settings) else None
+        return cls(folder, meta, projections, pca)
 
     def _segments(self) -> list[Segment]:
         out = []
         for path in sorted((self.folder / "segments").glob("segment_*.safetensors")):
             index = int(_SEGMENT.search(path.name).group(1))
             first, last, anchor = segment_bounds(index, self.meta["every"], self.meta["last_step"])
-            out.append(Segment(index, first, last, anchor, path))
+            out.append(Segment(index, first, last, anchor, path, segment_projection(first, self.meta["settings"])))
         expected = -(-self.meta["last_step"] // self.meta["every"])
         if [s.index for s in out] != list(range(expected)):
             raise SketchMismatchError(f"{self.folder}/segments: expected segments 0..{expected - 1}, found "
