@@ -314,7 +314,7 @@ class AttributionEngine:
         if clip != 1.0:  # clipped: the denominators formed in backward are not the optimizer's; re-derive
             state.early_parts.clear()
         if deferred:
-            lin = self._linearize(clipped=True, only={id(p) for p in deferred})
+            lin = self._linearize(clipped=True, only={id(p) for p in deferred if id(p) not in state.early_parts})
             first, second, per_token, late_history = self._values_after(train_store, state, lin, clip, k)
             values_first += first
             history += late_history
@@ -629,15 +629,15 @@ class AttributionEngine:
         history = torch.zeros(k, dtype=dtype)
         train_records = train_store.by_module()
         for p, uses in self._uses:
-            entry = lin.get(id(p))
-            if entry is None:
-                continue  # not updated by the optimizer: no player moves it
             early = state.early_parts.pop(id(p), None)
             if early is not None:  # valued in backward (one call, one micro-batch), kept in this order
                 out += early[0]
                 history += early[1]
                 self.routes[f"{uses[0].module_name}.{uses[0].pname}"] = "backward"
                 continue
+            entry = lin.get(id(p))
+            if entry is None:
+                continue  # not updated by the optimizer: no player moves it
             buffer = self._pool.take(ncols * p.numel(), dtype)
             g_v = self._target_gradient(p, state.target_records, dtype, out=buffer)
             first, carried = entry.direction_and_history(g_v)
