@@ -123,6 +123,12 @@ class AttributionEngine:
         self._num_targets = 0
         self._uses = self._parameter_uses()
         self._uses_of = {id(p): uses for p, uses in self._uses}
+        # Target gradients sum a parameter's uses matmul-first, so a tied embedding's scatter-add lands in
+        # the head's gradient in place.
+        self._gradient_uses = {
+            key: sorted(uses, key=lambda use: not isinstance(use.rule, rules.linear.MatmulRule))
+            for key, uses in self._uses_of.items()
+        }
         self._uses_by_module: dict[str, list[tuple[nn.Parameter, _Use]]] = {}
         for p, uses in self._uses:
             for use in uses:
@@ -512,9 +518,7 @@ class AttributionEngine:
         """Each target's gradient for one parameter, summed over the parameter's uses: (K, *shape), written
         into the flat buffer `out` when the rule can. With `skip`: over the other uses only, None if none."""
         g_v = None
-        # Matmul uses first, so a tied embedding's scatter-add lands in the head's gradient in place.
-        uses = sorted(self._uses_of[id(p)], key=lambda use: not isinstance(use.rule, rules.linear.MatmulRule))
-        for use in uses:
+        for use in self._gradient_uses[id(p)]:
             if use.module_name == skip:
                 continue
             for record in records.get(use.module_name, []):
