@@ -15,14 +15,17 @@
    --sweep (on by default here) derives smaller Gaussian sketches and longer segments from the in-run
    store and measures each (k x every table). --decompose (separate, ~12 min) replays the run with FULL
    per-row gradients to split the error into anchor error and projection error, per document.
-2. latency: the run's model and anchors with a store of 100k stored (segment, chunk) rows at the
-   shipped default sketch size (SketchConfig(): k 32, every 50; random rows: latency does not depend on
-   their values); one new output, timed end to end (tokenize, target gradients at every anchor, dots,
-   sum to documents), median of 3 warm calls, one thread.
+2. latency: the run's model and anchors with a store of 100k stored (segment, chunk) rows of the
+   headline store's shape (k, every, embeddings skipped or not; --latency-sketch default: the shipped
+   SketchConfig default, k 32 / every 50). Random rows and Gaussian matrices: latency depends on the
+   shapes only. One new output, timed end to end (tokenize, target gradients at every anchor, dots, sum
+   to documents), median of 3 warm calls, one thread, store pages kept mapped between queries.
 3. overhead: the engine benchmark's model (GPT-2, 4 layers, d=768, 12 heads, vocab 8192, seq 256,
    batch 16; bench/engine.py builds it), torch's plain step and the engine without targets against the
-   engine with the sketch observer, per-step scaling, segment and anchor writes (k 32, 10-step segments:
-   more writes than the default), interleaved in one process over one whole segment; total-time ratios.
+   engine with the sketch session at the headline settings (PCA: the calibration window's covariance
+   observer, then the calibrated projections; per-step scaling, segment and anchor writes), interleaved
+   in one process over the calibration window and one whole segment after it; total-time ratios
+   (overhead_ratio: after calibration; the calibration steps separately).
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from provenance.config import SketchConfig  # noqa: E402
+from provenance.sketch.query import sketch_settings  # noqa: E402
 from provenance.train.targets import TargetSpec  # noqa: E402
 
 RUN_DIR = ROOT / "attribution_runs" / "posthoc-demo-k64e5"
@@ -62,15 +66,25 @@ DEMO_SKETCH = SketchConfig(enabled=True, every=5, k_out=64, k_in=64, k_vector=64
 OVERHEAD_SKETCH = SketchConfig(enabled=True, every=10, k_out=32, k_in=32, k_vector=64, seed=0)
 # Data-dependent (LoGra-style PCA) projections of the same run, written by replaying it from step 0
 # (provenance.sketch.training.sketch_by_replay: the training update path, loss-checked), next to the run.
-def _pca(k: int, calibration: int) -> dict:
+def _pca(k: int, calibration: int, skip_embeddings: bool = False) -> dict:
     return {"seed": 0, "k_out": k, "k_in": k, "k_vector": 64, "every": 5, "projection": "pca",
-            "calibration_steps": calibration}
+            "calibration_steps": calibration, **({"skip_embeddings": True} if skip_embeddings else {})}
 
 
 # Measured 2026-11-26 (docs/posthoc.md): calibrating on the first 5 steps beats 50 (the calibration window is
 # sketched with the Gaussian set, whose noise is what PCA removes); k 64 is needed for bar 1.
-PCA_STORES = {"pca-k64-cal5": _pca(64, 5), "pca-k64-cal50": _pca(64, 50), "pca-k32-cal50": _pca(32, 50)}
-HEADLINE_STORE = "pca-k64-cal5"
+PCA_STORES = {"pca-k64-cal5": _pca(64, 5), "pca-k64-cal50": _pca(64, 50), "pca-k32-cal50": _pca(32, 50),
+              "pca-k48-noemb-cal5": _pca(48, 5, True), "pca-k40-noemb-cal5": _pca(40, 5, True)}
+HEADLINE_STORE = "pca-k48-noemb-cal5"
+def headline_sketch_config() -> SketchConfig:
+    """The headline store's settings as a training config (bars 1-3 measured at one setting)."""
+    shape = PCA_STORES[HEADLINE_STORE]
+    return SketchConfig(enabled=True, every=shape["every"], k_out=shape["k_out"], k_in=shape["k_in"],
+                        k_vector=shape["k_vector"], seed=shape["seed"], projection=shape.get("projection", "gaussian"),
+                        calibration_steps=shape.get("calibration_steps", 0),
+                        skip_embeddings=bool(shape.get("skip_embeddings", False)))
+
+
 QUICK_PCA_STORES = {"pca-k8-cal2": {"seed": 0, "k_out": 8, "k_in": 8, "k_vector": 8, "every": 2, "projection": "pca",
                                     "calibration_steps": 2}}
 QUICK_HEADLINE = "pca-k8-cal2"
@@ -472,7 +486,7 @@ def decompose(run_path: Path, groups: tuple[int, ...] = (1, 2, 4, 8), progress: 
 
 # -- latency ----------------------------------------------------------------------------------------
 def synthetic_store(run_path: Path, folder: Path, n_rows: int, k: int | None, every: int | None,
-                    seed: int = 0) -> tuple[Path, dict]:
+                    seed: int = 0, skip_embeddings: bool = False) -> tuple[Path, dict]:
     """A sketch store for the run's model with n_rows random stored rows (chunk ids 0..n_rows-1, each
     once), projections of size k and segments of `every` steps (None: the run's own settings); each
     segment's anchor file is the run's stored anchor nearest to where this segment length puts it."""
@@ -487,8 +501,9 @@ def synthetic_store(run_path: Path, folder: Path, n_rows: int, k: int | None, ev
         settings.update(k_out=k, k_in=k)
     if every is not None:
         settings.update(every=every)
-    projections = Projections.build(base.model, settings["k_out"], settings["k_in"], settings["k_vector"],
-                                    settings["seed"])
+    if skip_embeddings:
+        settings.update(skip_embeddings=True)
+    projections = Projections.from_settings(base.model, settings)
     source = run_path / "sketches"
     folder.mkdir(parents=True, exist_ok=True)
     atomic.write_safetensors(folder / "projections.safetensors", dict(projections.matrices))
@@ -516,9 +531,11 @@ def synthetic_store(run_path: Path, folder: Path, n_rows: int, k: int | None, ev
 
 
 def latency(run_path: Path, n_rows: int, k: int | None = None, every: int | None = None, reps: int = 3,
-            store_dir: Path | None = None) -> dict:
+            store_dir: Path | None = None, skip_embeddings: bool = False) -> dict:
     """End-to-end time of one new output's approximate values against n_rows stored rows.
-    store_dir: keep the synthetic store there and reuse it when present (build it niced, time at priority)."""
+    store_dir: keep the synthetic store there and reuse it when present (build it niced, time at priority).
+    The synthetic store has Gaussian projections of the requested shapes: a calibrated (PCA) store of the
+    same k costs the same (same slot sizes, same matmuls; only the matrices' values differ)."""
     import contextlib
 
     from provenance.sketch.query import ApproximateQuery
@@ -530,11 +547,12 @@ def latency(run_path: Path, n_rows: int, k: int | None = None, every: int | None
         folder = Path(tmp) / "sketches"
         if keep and (folder / "meta.json").is_file():
             settings = json.loads((folder / "meta.json").read_text(encoding="utf-8"))["settings"]
-            if (settings["k_out"], settings["every"]) != (k or settings["k_out"], every or settings["every"]) or \
+            if (settings["k_out"], settings["every"], bool(settings.get("skip_embeddings"))) != \
+                    (k or settings["k_out"], every or settings["every"], skip_embeddings) or \
                     SketchStore.open(folder, ApproximateQuery(run_path).model, settings).n_rows != n_rows:
                 raise SystemExit(f"{folder} holds another latency store; remove it or pick another --latency-store")
         else:
-            folder, settings = synthetic_store(run_path, folder, n_rows, k, every)
+            folder, settings = synthetic_store(run_path, folder, n_rows, k, every, skip_embeddings=skip_embeddings)
         query = ApproximateQuery(run_path)
         opened = time.perf_counter()
         query.use_store(SketchStore.open(folder, query.model, settings))
@@ -569,7 +587,7 @@ def latency(run_path: Path, n_rows: int, k: int | None = None, every: int | None
             "segments": len(query.store.segments),
             "store_gigabytes": round(query.store.nbytes() / 1e9, 2),
             "k_out": settings["k_out"], "k_in": settings["k_in"], "every": settings["every"],
-            "threads": 1,
+            "skip_embeddings": bool(settings.get("skip_embeddings", False)), "threads": 1,
         }
 
 
@@ -613,7 +631,9 @@ def overhead(quick: bool, sketch: SketchConfig, steps: int | None = None) -> dic
     import engine as engine_bench
 
     size = engine_bench.SIZES["quick" if quick else "full"]
-    steps = steps or sketch.every  # a whole segment: its anchor and segment writes are in the timing
+    calibration = sketch.calibration_steps if sketch.projection == "pca" else 0
+    # a whole segment after the calibration window (its anchor and segment writes are in the timing)
+    steps = steps or calibration + sketch.every
     with tempfile.TemporaryDirectory(prefix=".posthoc-overhead-", dir=RUN_DIR.parent) as tmp:
         modes = ["plain", "engine", "sketch"]
         runners = {m: OverheadRunner(size, m, Path(tmp) / "sketches", sketch.every, sketch) for m in modes}
@@ -629,8 +649,18 @@ def overhead(quick: bool, sketch: SketchConfig, steps: int | None = None) -> dic
                 runner.engine.close()
     median = {m: statistics.median(t) for m, t in times.items()}
     total = {m: sum(t) for m, t in times.items()}
+    # step i (0-based here) is training step i + 2 (step 1 was the warm-up): calibration steps are <= calibration
+    steady = [i for i in range(steps) if i + 2 > calibration]
+    calibrating = [i for i in range(steps) if i + 2 <= calibration]
+
+    def ratio(picked):
+        return round(sum(times["sketch"][i] for i in picked) / sum(times["plain"][i] for i in picked), 4) if picked else None
+
     return {
-        "overhead_ratio": round(total["sketch"] / total["plain"], 4),
+        "overhead_ratio": ratio(steady),  # after calibration: what every later step of a run costs
+        "overhead_ratio_all_steps": round(total["sketch"] / total["plain"], 4),
+        "overhead_ratio_calibration_steps": ratio(calibrating),
+        "calibration_steps": calibration,
         "overhead_ratio_vs_engine": round(total["sketch"] / total["engine"], 4),
         "overhead_ratio_median_step": round(median["sketch"] / median["plain"], 4),
         "plain_step_seconds": round(median["plain"], 4),
@@ -639,7 +669,9 @@ def overhead(quick: bool, sketch: SketchConfig, steps: int | None = None) -> dic
         "steps_timed": steps,
         "model": dict(size, threads=torch.get_num_threads()),
         "dim": dim,
-        "sketch": {"k_out": sketch.k_out, "k_in": sketch.k_in, "k_vector": sketch.k_vector, "every": sketch.every},
+        "sketch": {"k_out": sketch.k_out, "k_in": sketch.k_in, "k_vector": sketch.k_vector, "every": sketch.every,
+                   "projection": sketch.projection, "calibration_steps": calibration,
+                   "skip_embeddings": sketch.skip_embeddings},
     }
 
 
@@ -654,6 +686,9 @@ def main() -> None:
                         help="k_out = k_in of the latency store (default: SketchConfig's default; --quick: the run's)")
     parser.add_argument("--latency-every", type=int, default=None,
                         help="segment length of the latency store (default: SketchConfig's; --quick: the run's)")
+    parser.add_argument("--latency-sketch", choices=["headline", "default"], default="headline",
+                        help="shape of the latency store: the headline accuracy store's (k, every, embeddings; "
+                             "default) or the shipped SketchConfig default")
     parser.add_argument("--skip", nargs="*", default=[], choices=["accuracy", "latency", "overhead"])
     parser.add_argument("--latency-store", type=Path, default=None,
                         help="keep the synthetic latency store in this folder and reuse it (build once niced, "
@@ -703,14 +738,18 @@ def main() -> None:
             result["sweep"] = sweep(run_path, [8, 16, 32, 64], [1, 2, 4, 8], kept or None)
             kept.clear()
         if "latency" not in args.skip:
-            default = SketchConfig()
-            k = args.latency_k or (None if quick else default.k_out)
-            every = args.latency_every or (None if quick else default.every)
+            # bars 1 and 2 at one setting: by default the latency store has the headline store's shape
+            shape = (PCA_STORES[HEADLINE_STORE] if args.latency_sketch == "headline" else
+                     sketch_settings(SketchConfig()))
+            k = args.latency_k or (None if quick else shape["k_out"])
+            every = args.latency_every or (None if quick else shape["every"])
+            skip = False if quick else bool(shape.get("skip_embeddings", False))
             result["latency"] = latency(run_path, args.rows or (2000 if quick else 100_000), k, every,
-                                        store_dir=args.latency_store)
+                                        store_dir=args.latency_store, skip_embeddings=skip)
             result["query_latency_s"] = result["latency"]["query_latency_s"]
         if "overhead" not in args.skip:
-            sketch = SketchConfig(enabled=True, every=2, k_out=8, k_in=8, k_vector=8) if quick else OVERHEAD_SKETCH
+            sketch = SketchConfig(enabled=True, every=2, k_out=8, k_in=8, k_vector=8) if quick else (
+                headline_sketch_config() if args.latency_sketch == "headline" else OVERHEAD_SKETCH)
             result["overhead"] = overhead(quick, sketch)
             result["overhead_ratio"] = result["overhead"]["overhead_ratio"]
         result["sizes"] = {"run": str(run_path), "quick": quick,

@@ -113,3 +113,25 @@ def test_resume_flags(cli_run):
     assert both.exit_code == 1 and "drop --corpus" in both.output
     done = runner.invoke(app, ["train", "--run", str(cli_run), "--resume"])
     assert done.exit_code == 1 and "already complete" in done.output
+
+
+def test_train_with_calibrated_sketches_without_embeddings(tmp_path):
+    """The sketch flags reach the run: PCA projections calibrated on the first segment, embeddings left
+    out of the sketch (no slot for wte/wpe), and `provenance approximate` answers from that store."""
+    corpus = write_corpus(tmp_path / "docs")
+    run = tmp_path / "run"
+    result = runner.invoke(app, ["train", "--corpus", str(corpus), "--run", str(run), *TINY, "--sketch",
+                                 "--sketch-projection", "pca", "--sketch-k", "4", "--sketch-every", "2",
+                                 "--sketch-skip-embeddings"])
+    assert result.exit_code == 0, result.output
+    meta = json.loads((run / "sketches" / "meta.json").read_text())
+    assert meta["settings"]["projection"] == "pca" and meta["settings"]["skip_embeddings"] is True
+    assert meta["settings"]["k_out"] == 4 and meta["every"] == 2 and "pca_sha256" in meta
+    from safetensors import safe_open
+
+    with safe_open(str(run / "sketches" / "projections.safetensors"), framework="pt") as handle:
+        keys = set(handle.keys())
+    assert keys and not any("wte" in k or "wpe" in k for k in keys)
+    answer = runner.invoke(app, ["approximate", "--run", str(run), "--text", "sea wind", "--format", "json"])
+    assert answer.exit_code == 0, answer.output
+    assert json.loads(answer.output)["label"].startswith("approximate")

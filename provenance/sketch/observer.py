@@ -40,6 +40,8 @@ def observer_plan(model: nn.Module, projections: Projections) -> dict[str, list[
                     f"module {module_name} ({type(module).__name__}) has no gradient sketch rule; "
                     "sketches support Linear, GPT-2 Conv1D, Conv2d, Embedding, LayerNorm and RMSNorm"
                 )
+            if names[id(p)] in projections.skipped:
+                continue
             plan.setdefault(module_name, []).append((pname, projections.by_name[names[id(p)]], family))
     return plan
 

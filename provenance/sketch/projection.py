@@ -79,8 +79,10 @@ def _matrix_kind(module: nn.Module) -> tuple[bool, str]:
 class Projections:
     """All parameters' projections and their slots in the flat sketch vector (length `dim`)."""
 
-    def __init__(self, slots: list[ParamSlot], matrices: dict[str, torch.Tensor], seed: int, kind: str = "gaussian"):
+    def __init__(self, slots: list[ParamSlot], matrices: dict[str, torch.Tensor], seed: int, kind: str = "gaussian",
+                 skipped: tuple[str, ...] = ()):
         self.slots = slots
+        self.skipped = tuple(skipped)  # parameters left out of the sketch on purpose (skip_embeddings)
         self.by_name = {slot.name: slot for slot in slots}
         self.matrices = matrices  # "<param>.out" / "<param>.in" / "<param>.vec" -> (k, dim) float64
         self.seed = seed
@@ -94,11 +96,22 @@ class Projections:
             if key not in self.matrices or tuple(q.shape) != tuple(self.matrices[key].shape):
                 raise ValueError(f"projection {key}: shape {tuple(q.shape)} does not fit the slot layout")
         return Projections(self.slots, {**self.matrices, **{k: v.to(torch.float64) for k, v in replaced.items()}},
-                           self.seed, kind)
+                           self.seed, kind, self.skipped)
 
     @classmethod
-    def build(cls, model: nn.Module, k_out: int, k_in: int, k_vector: int, seed: int) -> "Projections":
-        """One slot per trainable parameter of the engine's tracked modules, in named_parameters order."""
+    def from_settings(cls, model: nn.Module, settings: dict[str, Any]) -> "Projections":
+        """The Gaussian projections a store's settings (query.sketch_settings) describe."""
+        return cls.build(model, settings["k_out"], settings["k_in"], settings["k_vector"], settings["seed"],
+                         skip_embeddings=bool(settings.get("skip_embeddings", False)))
+
+    @classmethod
+    def build(cls, model: nn.Module, k_out: int, k_in: int, k_vector: int, seed: int,
+              skip_embeddings: bool = False) -> "Projections":
+        """One slot per trainable parameter of the engine's tracked modules, in named_parameters order.
+
+        skip_embeddings: leave embedding matrices (token and position tables, and an output head tied to
+        the token table) out of the sketch: their per-row blocks are the noisiest part of a sketch dot and
+        leaving them out measured better on the demo run (docs/posthoc.md); their values are not estimated."""
         from provenance.engine.registry import tracked_modules
 
         owners: dict[int, nn.Module] = {}
@@ -108,6 +121,7 @@ class Projections:
                     owners[id(p)] = module
         slots: list[ParamSlot] = []
         matrices: dict[str, torch.Tensor] = {}
+        skipped: list[str] = []
         offset = 0
         for name, p in model.named_parameters():
             if not p.requires_grad:
@@ -117,7 +131,10 @@ class Projections:
                     f"parameter {name} belongs to no module the engine tracks; sketches would miss its gradient"
                 )
             if p.dim() >= 2:
-                transposed, _ = _matrix_kind(owners[id(p)])
+                transposed, family = _matrix_kind(owners[id(p)])
+                if skip_embeddings and family == "embedding":
+                    skipped.append(name)
+                    continue
                 out_dim = p.shape[1] if transposed else p.shape[0]
                 in_dim = p.shape[0] if transposed else int(p[0].numel())
                 ko, ki = min(k_out, out_dim), min(k_in, in_dim)
@@ -130,7 +147,7 @@ class Projections:
                 slot = ParamSlot(name, tuple(p.shape), "vector", False, p.numel(), 0, kv, 0, offset)
             slots.append(slot)
             offset += slot.size
-        return cls(slots, matrices, seed)
+        return cls(slots, matrices, seed, skipped=tuple(skipped))
 
     def q(self, key: str, dtype: torch.dtype) -> torch.Tensor:
         """A projection matrix in the compute dtype (cached)."""
@@ -163,6 +180,8 @@ class Projections:
     def settings(self) -> dict[str, Any]:
         """What a store must match to be reused with these projections (estimated ones: their exact bytes)."""
         out = {"seed": self.seed, "dim": self.dim, "slots": [slot.to_json() for slot in self.slots]}
+        if self.skipped:
+            out["skipped"] = list(self.skipped)
         if self.kind != "gaussian":
             out["kind"] = self.kind
             out["matrices_sha256"] = matrices_sha256(self.matrices)

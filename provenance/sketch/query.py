@@ -18,6 +18,7 @@ weights (torch.func), equal to one pass per anchor up to float rounding.
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,14 +83,15 @@ def target_sketches(store: SketchStore, model: torch.nn.Module, targets: Any, ta
         kinds.setdefault(segment.anchor_step, set()).add(segment.projection)
     steps = sorted(kinds)
     sets = {"gaussian": store.projections, "pca": store.pca}
+    sketched = {slot.name for slot in store.projections.slots}  # skipped parameters need no gradient
     was_training = model.training
     model.eval()
     try:
         for j in range(k):  # one target per pass: a backward through all K rows would cost K times more
             single = task.select_targets(targets, [j])  # also trims trailing padding: cheaper passes
             done: dict[tuple[int, str], torch.Tensor] = {}
-            gradients = _batched_gradients(model, task, single, anchors, steps, anchors_per_pass) if batched else \
-                _looped_gradients(model, task, single, anchors, steps)
+            gradients = _batched_gradients(model, task, single, anchors, steps, anchors_per_pass, sketched) if batched \
+                else _looped_gradients(model, task, single, anchors, steps, sketched)
             for step, grads in gradients:
                 anchor = anchors[step]
                 directed = {n: g.float() * anchor.precond[n] for n, g in grads.items()}
@@ -102,16 +104,18 @@ def target_sketches(store: SketchStore, model: torch.nn.Module, targets: Any, ta
     return out
 
 
-def _looped_gradients(model, task, single, anchors, steps):
-    """(anchor step, {param: gradient}) one forward/backward per anchor (the model's weights are overwritten)."""
+def _looped_gradients(model, task, single, anchors, steps, wanted):
+    """(anchor step, {param: gradient} for the `wanted` parameters) one forward/backward per anchor (the
+    model's weights are overwritten)."""
     params = dict(model.named_parameters())
     for step in steps:
         with torch.no_grad():
             for name, p in params.items():
                 p.copy_(anchors[step].weights[name])
         loss = task.target_losses(model, single)[0]
-        grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
-        yield step, {n: g for n, g in zip(params, grads) if g is not None}
+        names = [n for n in params if n in wanted]
+        grads = torch.autograd.grad(loss, [params[n] for n in names], allow_unused=True)
+        yield step, {n: g for n, g in zip(names, grads) if g is not None}
 
 
 class _Functional:
@@ -126,22 +130,26 @@ class _Functional:
         return functional_call(self.model, (self.params, self.buffers), kwargs=kwargs)
 
 
-def _batched_gradients(model, task, single, anchors, steps, per_pass: int):
-    """(anchor step, {param: gradient}) from vmapped forward/backward passes over stacked anchor weights."""
+def _batched_gradients(model, task, single, anchors, steps, per_pass: int, wanted):
+    """(anchor step, {param: gradient} for the `wanted` parameters) from vmapped forward/backward passes
+    over stacked anchor weights; the other parameters take their anchor values but get no gradient."""
     from torch.func import grad, vmap
 
     names = [n for n, _ in model.named_parameters()]
+    differentiated = [n for n in names if n in wanted]
+    fixed = [n for n in names if n not in wanted]
     buffers = dict(model.named_buffers())
 
-    def loss(params):
-        return task.target_losses(_Functional(model, params, buffers), single)[0]
+    def loss(params, constants):
+        return task.target_losses(_Functional(model, {**params, **constants}, buffers), single)[0]
 
     for begin in range(0, len(steps), per_pass):
         chunk = steps[begin : begin + per_pass]
-        stacked = {n: torch.stack([anchors[s].weights[n] for s in chunk]) for n in names}
-        grads = vmap(grad(loss))(stacked)
+        stacked = {n: torch.stack([anchors[s].weights[n] for s in chunk]) for n in differentiated}
+        constants = {n: torch.stack([anchors[s].weights[n] for s in chunk]) for n in fixed}
+        grads = vmap(grad(loss))(stacked, constants)
         for i, step in enumerate(chunk):
-            yield step, {n: grads[n][i] for n in names}
+            yield step, {n: grads[n][i] for n in differentiated}
 
 
 def _preconditioners(second: dict[str, torch.Tensor], meta: dict[str, str], params: dict) -> dict[str, torch.Tensor]:
@@ -168,8 +176,11 @@ def chunk_values(store: SketchStore, sketches: torch.Tensor) -> tuple[np.ndarray
         chunk_ids, rows = store.rows(segment)
         if rows.shape[0] == 0:
             continue
-        z = sketches[i].numpy().T  # (dim, K)
-        values.append(np.asarray(rows) @ z)
+        with warnings.catch_warnings():  # the mapping is read-only; torch only reads it
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            mapped = torch.from_numpy(rows)
+        # torch's matmul on the mapped rows: measured ~2.4x faster than numpy's on this CPU (100k x 19,584)
+        values.append((mapped @ sketches[i].T).numpy())  # (n, K)
         ids.append(np.asarray(chunk_ids))
     if not ids:
         return np.zeros(0, dtype=np.int64), np.zeros((0, sketches.shape[1]), dtype=np.float32)
@@ -277,6 +288,8 @@ def sketch_settings(sketch_config: Any) -> dict[str, Any]:
             raise ConfigError(f"sketch calibration_steps ({calibration}) must be a positive multiple of every "
                               f"({out['every']}): the calibrated projections start with a segment")
         out.update(projection="pca", calibration_steps=calibration)
+    if get("skip_embeddings", False):  # only when set: stores written before the option keep matching
+        out["skip_embeddings"] = True
     return out
 
 

@@ -33,8 +33,7 @@ class SketchSession:
                  sketch_config: Any, last_step: int):
         settings = sketch_settings(sketch_config)
         self.model, self.optimizer, self.engine = model, optimizer, engine
-        self.projections = Projections.build(model, settings["k_out"], settings["k_in"], settings["k_vector"],
-                                             settings["seed"])
+        self.projections = Projections.from_settings(model, settings)
         adam_scales(optimizer, model, self.projections, 1.0)  # refuses a non-Adam optimizer up front
         self.calibration_steps = calibration_steps(settings)
         if self.calibration_steps and self.calibration_steps >= last_step:

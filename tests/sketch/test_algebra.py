@@ -65,6 +65,27 @@ def test_row_sketches_equal_projected_brute_force_gradients():
         assert torch.allclose(rows[:, block], ref, rtol=1e-9, atol=1e-12 * float(ref.abs().max() + 1e-30)), slot.name
 
 
+def test_skipped_embeddings_are_left_out_and_the_rest_is_unchanged():
+    """skip_embeddings drops wte (tied with lm_head) and wpe from the sketch; every other block still equals
+    the projected brute-force gradient, and the projections of the kept parameters are the same matrices."""
+    model = build_gpt2(seed=1)
+    full = Projections.build(model, k_out=5, k_in=7, k_vector=6, seed=3)
+    kept = Projections.build(model, k_out=5, k_in=7, k_vector=6, seed=3, skip_embeddings=True)
+    assert set(kept.skipped) == {"transformer.wte.weight", "transformer.wpe.weight"}
+    assert {s.name for s in kept.slots} == {s.name for s in full.slots} - set(kept.skipped)
+    assert all(torch.equal(kept.matrices[k], full.matrices[k]) for k in kept.matrices if k in full.matrices)
+    assert kept.fingerprint() != full.fingerprint()
+    batch = _batch([20, 32, 11], seed=4)
+    expected = [kept.project_full(g) for g in _per_row_grads(model, batch)]
+    sketcher = RowSketcher(model, kept)
+    with AttributionEngine(model, _optimizer(model), EngineConfig(max_grad_norm=None)) as engine:
+        engine.add_observer(sketcher.observe)
+        engine.step([batch])
+    rows = sketcher.take()
+    assert rows.shape == (3, kept.dim)
+    assert torch.allclose(rows, torch.stack(expected), rtol=1e-9, atol=1e-12 * float(torch.stack(expected).abs().max()))
+
+
 def test_two_micro_batches_fill_their_own_rows():
     model = build_gpt2(seed=2)
     projections = Projections.build(model, k_out=4, k_in=4, k_vector=4, seed=0)

@@ -25,6 +25,7 @@ from tests.train.tiny import TARGETS, tiny_config, write_corpus
 
 SKETCH = SketchConfig(enabled=True, every=2, k_out=6, k_in=5, k_vector=4, seed=7)
 PCA = {**sketch_settings(SKETCH), "projection": "pca", "calibration_steps": 2}
+NOEMB = {**PCA, "skip_embeddings": True}
 
 
 def _projector(rows: torch.Tensor) -> torch.Tensor:
@@ -95,7 +96,8 @@ def run_and_stores(tmp_path_factory):
     root = tmp_path_factory.mktemp("pca")
     config = replace(tiny_config(steps=5), sketch=SKETCH).check()
     train(write_corpus(root / "docs"), root / "run", config, targets=TARGETS, threads=1, progress=False)
-    sketch_by_replay(root / "run", {root / "gaussian": SKETCH, root / "pca": PCA}, progress=False)
+    sketch_by_replay(root / "run", {root / "gaussian": SKETCH, root / "pca": PCA, root / "noemb": NOEMB},
+                     progress=False)
     return root
 
 
@@ -208,3 +210,33 @@ def test_training_with_pca_config_writes_the_replayed_store(run_and_stores, tmp_
 def test_bad_sketch_config_is_refused(changes, message):
     with pytest.raises(ConfigError, match=message):
         replace(tiny_config(steps=5), sketch=replace(SKETCH, **changes)).check()
+
+
+def test_store_without_embeddings_answers_and_matches_the_full_stores_other_blocks(run_and_stores):
+    """A calibrated store with skip_embeddings: smaller rows; segment 0 (Gaussian, before calibration) equals
+    the full store's rows without the embedding blocks; the target sketches likewise (gradients taken only
+    for the sketched parameters); opening it with other settings is refused."""
+    from safetensors.torch import load_file
+
+    from provenance.sketch.query import target_sketches
+
+    full = ApproximateQuery(run_and_stores / "run", sketches=run_and_stores / "pca")
+    noemb = ApproximateQuery(run_and_stores / "run", sketches=run_and_stores / "noemb")
+    assert noemb.store.meta["settings"]["skip_embeddings"] is True
+    kept = [s for s in full.store.projections.slots if s.name not in noemb.store.projections.skipped]
+    assert noemb.store.projections.dim == sum(s.size for s in kept) < full.store.projections.dim
+    columns = torch.cat([torch.arange(s.offset, s.offset + s.size) for s in kept])
+    g0 = load_file(str(run_and_stores / "gaussian" / "segments" / "segment_00000.safetensors"))["sketch"]
+    n0 = load_file(str(run_and_stores / "noemb" / "segments" / "segment_00000.safetensors"))["sketch"]
+    assert torch.equal(n0, g0[:, columns])
+    batch = full.encode(list(TARGETS))
+    z_full = target_sketches(full.store, full.model, batch, anchors=full.anchors)
+    z_noemb = target_sketches(noemb.store, noemb.model, batch, anchors=noemb.anchors)
+    first = z_full[0][:, columns]  # segment 0: Gaussian projections in both stores
+    assert torch.allclose(z_noemb[0], first, rtol=1e-5, atol=1e-6 * float(first.abs().max()))
+    frame = noemb.values(list(TARGETS))
+    assert frame["approximate"].all() and frame["value"].abs().sum() > 0
+    from provenance.sketch.store import SketchStore
+
+    with pytest.raises(SketchMismatchError):
+        SketchStore.open(run_and_stores / "noemb", noemb.model, PCA)
