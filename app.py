@@ -25,7 +25,7 @@ import pandas as pd  # noqa: E402
 import streamlit as st  # noqa: E402
 
 from provenance import app_support as sup  # noqa: E402
-from provenance.errors import EvidenceIndexError, ProvenanceError, TargetError  # noqa: E402
+from provenance.errors import EvidenceIndexError, ProvenanceError, SketchMismatchError, TargetError  # noqa: E402
 from provenance.evidence.schema import LABELS, SHARE_DEFINITION, VALUE_DEFINITION  # noqa: E402
 
 UNIT = "nats per output token"
@@ -136,10 +136,21 @@ def cached_index(path: str, fingerprint: tuple):
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
-def cached_query(path: str, fingerprint: tuple, target_id: str | None, text: str | None, top_k: int, _index):
+def cached_query(path: str, fingerprint: tuple, target_id: str | None, text: str | None, top_k: int, _index,
+                 approximate: bool = False):
     from provenance.evidence import query
 
-    return query(path, target_id=target_id, text=text, top_k=top_k, index=_index)
+    sketches = cached_sketch_query(path, fingerprint) if approximate else None
+    return query(path, target_id=target_id, text=text, top_k=top_k, index=_index, approximate=approximate,
+                 sketch_query=sketches)
+
+
+@st.cache_resource(show_spinner=False, max_entries=2)
+def cached_sketch_query(path: str, fingerprint: tuple):
+    """The run's gradient sketches opened once (model, anchors, mapped rows): each query then takes seconds."""
+    from provenance.sketch import ApproximateQuery
+
+    return ApproximateQuery(path)
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
@@ -475,7 +486,7 @@ def show_report_button(box, path: str, fingerprint: tuple, result, top_k: int, i
 
 
 def show_output(folder: Path, fingerprint: tuple, facts: sup.RunFacts, target_id: str | None,
-                text: str | None, top_k: int, targets: pd.DataFrame) -> None:
+                text: str | None, top_k: int, targets: pd.DataFrame, approximate: bool = False) -> None:
     path = str(folder)
     order = facts.value_order
     st.header("Output")
@@ -540,8 +551,9 @@ def show_output(folder: Path, fingerprint: tuple, facts: sup.RunFacts, target_id
 
     with st.spinner("Ranking documents and collecting evidence..."):
         try:
-            result = cached_query(path, fingerprint, target_id if text is None else None, text, top_k, index)
-        except TargetError as exc:
+            result = cached_query(path, fingerprint, target_id if text is None else None, text, top_k, index,
+                                  approximate)
+        except (TargetError, SketchMismatchError) as exc:
             show_error(str(exc))
             return
     from provenance.evidence.render import to_records
@@ -553,7 +565,12 @@ def show_output(folder: Path, fingerprint: tuple, facts: sup.RunFacts, target_id
     with against_box:
         show_worked_against(sup.filter_table(against, labels, sources, 0.0))
     with notes_box:
-        if not result.attributed:
+        if result.approximate:
+            st.warning("APPROXIMATE values: estimated in seconds from the gradient sketches this run stored while "
+                       "training, not exact In-Run Data Shapley values (docs/posthoc.md). Confirm the outputs "
+                       "that matter by replaying the run with this text as a target:")
+            st.code(result.attribute_command or "", language="bash", wrap_lines=True)
+        elif not result.attributed:
             st.warning("This text is not an attributed target of the run: documents are ranked by evidence only "
                        "(no values). To attribute it, replay the run with it as a target:")
             st.code(result.attribute_command or "", language="bash", wrap_lines=True)
@@ -608,10 +625,16 @@ def show_run(folder: Path) -> None:
         text = sidebar.text_area("Output text", key="query_text", height=200,
                                  help="Paste an output to find the training documents behind it "
                                       "(Ctrl+Enter to apply).")
+        approximate = False
+        if (folder / "sketches" / "meta.json").is_file():
+            approximate = sidebar.checkbox(
+                "Approximate values from sketches", key=f"approximate:{path}",
+                help="This run stored gradient sketches while training: estimate values for the text in "
+                     "seconds, marked approximate (exact values need a replay).")
         if not text.strip():
             st.info("Paste an output text in the sidebar to rank this run's documents for it.")
         else:
-            show_output(folder, fingerprint, facts, None, text, top_k, targets)
+            show_output(folder, fingerprint, facts, None, text, top_k, targets, approximate)
     show_verification(verify_slot, path, fingerprint)
 
 

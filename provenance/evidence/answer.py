@@ -19,6 +19,7 @@ import json
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -57,6 +58,8 @@ def query(
     order: str = "value",
     chunk_values: ChunkValues | None = None,
     combine: CombineSettings = CombineSettings(),
+    approximate: bool = False,
+    sketch_query: Any = None,
 ) -> QueryResult:
     """Rank the run's documents for one output (a text, or a registered target id).
 
@@ -65,7 +68,9 @@ def query(
     ``order``: for an attributed target, "value" (raw value, largest first) or "combined" (see
     provenance.evidence.combine); ``chunk_values`` (load_chunk_values(run), read once by callers that
     query many times) and ``combine`` serve the combined order. A text without values is ranked by
-    evidence either way.
+    evidence, or with ``approximate`` by values estimated in seconds from the gradient sketches the run
+    stored while training (provenance.sketch; rows marked approximate, the replay command still given);
+    ``sketch_query``: an open provenance.sketch.ApproximateQuery of this run, reused across queries.
     """
     if (text is None) == (target_id is None):
         raise TargetError("pass exactly one of text (--text) or target_id (--target-id)")
@@ -133,6 +138,14 @@ def query(
         ledger = _ledger_summary(run, target_id)
         command = None
         row_order = "value"
+    elif approximate:
+        rows, against = _attributed_rows(index, prepared, _approximate_values(run, clean, sketch_query), top_k)
+        ledger = None
+        command = attribute_command(run.path, clean)
+        row_order = "approximate"
+        from provenance.sketch.query import APPROXIMATE_LABEL  # torch: only when asked for
+
+        notes.append(APPROXIMATE_LABEL)
     else:
         rows = _evidence_rows(index, prepared, top_k)
         against = ()
@@ -140,6 +153,11 @@ def query(
         command = attribute_command(run.path, clean)
         if target_id is not None:
             notes.append(f"target {target_id!r} is registered but has no values yet")
+        if _has_sketches(run):
+            notes.append("this run stored gradient sketches: add --approximate (approximate=True) for "
+                         "approximate values in seconds")
+    if attributed and approximate:
+        notes.append("exact values exist for this text: shown instead of approximate ones")
     rows = _with_alignment(rows, clean, index.encoder, align_top)
     if index.thresholds.embedder_sha256 != index.encoder.sha256:
         notes.append(
@@ -164,7 +182,24 @@ def query(
         embedder=index.encoder.name,
         latency_seconds=round(time.perf_counter() - started, 4),
         order=row_order,
+        approximate=row_order == "approximate",
     )
+
+
+def _has_sketches(run) -> bool:
+    return (run.path / "sketches" / "meta.json").is_file()
+
+
+def _approximate_values(run, text: str, sketch_query: Any) -> pd.DataFrame:
+    """Per-document approximate values of `text` (as an output with no prompt) from the run's sketches."""
+    from provenance.sketch.query import ApproximateQuery
+    from provenance.train.targets import TargetSpec
+
+    sketch_query = sketch_query if sketch_query is not None else ApproximateQuery(run.path)
+    if Path(sketch_query.run.path).resolve() != run.path.resolve():
+        raise EvidenceIndexError(f"the sketch query passed belongs to run {sketch_query.run.path}, not {run.path}")
+    frame = sketch_query.values([TargetSpec("query-output", "", text)])
+    return frame[["doc_id", "value", "rank", "share"]]
 
 
 def evidence_for(

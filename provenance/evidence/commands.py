@@ -74,6 +74,10 @@ def query(
         help="Attributed targets: 'value' (raw value) or 'combined' (evidence label, then evidence score "
         "+ target-specific value; needs >= 20 other attributed targets).",
     ),
+    approximate: bool = typer.Option(
+        False, "--approximate", help="A text without exact values: rank by values estimated in seconds from the "
+        "gradient sketches the run stored while training (train --sketch), marked approximate.",
+    ),
 ) -> None:
     """Which training documents produced this output: value, share and evidence per document."""
     from provenance.errors import TargetError
@@ -93,7 +97,7 @@ def query(
         path = resolve_run(run)
         loaded = load_index(path)
         result = run_query(path, text=text, target_id=target_id, top_k=top, index=loaded, align_top=align,
-                           order=order.value)
+                           order=order.value, approximate=approximate)
     if fmt is QueryFormat.json:
         typer.echo(render.to_json(result))
     elif fmt is QueryFormat.csv:

@@ -47,9 +47,14 @@ def record(row: RankedDocument, group: str = "rows") -> dict:
     }
 
 
+def _approximate_column(records: list[dict], approximate: bool) -> list[dict]:
+    return [{**r, "value_is_approximate": approximate} for r in records]
+
+
 def to_records(result: QueryResult) -> list[dict]:
     """One flat record per row (worked-against rows carry group = 'worked_against')."""
-    return [record(r) for r in result.rows] + [record(r, "worked_against") for r in result.worked_against]
+    records = [record(r) for r in result.rows] + [record(r, "worked_against") for r in result.worked_against]
+    return _approximate_column(records, result.approximate)
 
 
 def to_json(result: QueryResult) -> str:
@@ -58,7 +63,7 @@ def to_json(result: QueryResult) -> str:
 
 def to_csv(result: QueryResult) -> str:
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(COLUMNS) + ["group"], lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=list(COLUMNS) + ["group", "value_is_approximate"], lineterminator="\n")
     writer.writeheader()
     for rec in to_records(result):
         writer.writerow(rec)
@@ -75,6 +80,8 @@ def to_table(result: QueryResult, passage_width: int = 60) -> str:
     head = f"run {result.run_id}"
     if result.attributed:
         head += f" | target {result.target_id} (attributed, value order {result.value_order})"
+    elif result.approximate:
+        head += " | text not attributed: APPROXIMATE values from gradient sketches (confirm with replay)"
     else:
         head += " | text not attributed yet: ranked by evidence only"
     lines.append(head)
@@ -88,7 +95,7 @@ def to_table(result: QueryResult, passage_width: int = 60) -> str:
 
     def fmt(row: RankedDocument) -> str:
         e = row.evidence
-        value = "" if row.value is None else f"{row.value:+.3e}"
+        value = "" if row.value is None else f"{'~' if result.approximate else ''}{row.value:+.3e}"
         share = "" if row.value_share is None else f"{row.value_share:6.1%}"
         cum = "" if row.cumulative_share is None else f"{row.cumulative_share:6.1%}"
         passage = _clip(e.best_passage.document_text, passage_width) if e.best_passage else ""

@@ -106,7 +106,9 @@ class QueryResult:
     value_definition: str = VALUE_DEFINITION
     embedder: str | None = None  # name of the sentence embedder behind the similarities
     latency_seconds: float | None = None  # time of the query itself (index already loaded)
-    order: str = "value"  # how the rows are ordered: "value", "combined" (evidence.combine) or "evidence"
+    order: str = "value"  # how the rows are ordered: "value", "combined" (evidence.combine), "evidence" or
+    # "approximate" (values estimated from the run's gradient sketches, provenance.sketch; not exact)
+    approximate: bool = False  # value / share are sketch estimates for a text not attributed (docs/posthoc.md)
 
 
 @dataclass(frozen=True)

@@ -55,12 +55,14 @@ TARGETS = {"genesis": ("", GENESIS), "bread": ("How to bake:", " " + BREAD)}
 
 
 def small_config():
-    from provenance.config import ModelConfig, RunConfig, TrainConfig
+    """Trained with (small) gradient sketches, so the app's approximate values can be shown."""
+    from provenance.config import ModelConfig, RunConfig, SketchConfig, TrainConfig
 
     return RunConfig(
         model=ModelConfig(n_layer=2, n_head=2, n_embd=32, context_length=96),
         train=TrainConfig(steps=6, batch_size=4, micro_batch_size=2, warmup_steps=2, checkpoint_every=3,
                           tokenizer_vocab_size=300),
+        sketch=SketchConfig(enabled=True, every=3, k_out=8, k_in=8, k_vector=8),
     ).check()
 
 

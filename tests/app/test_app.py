@@ -201,6 +201,25 @@ def test_query_box_new_text_is_ranked_by_evidence_with_the_attribute_command(mak
     assert table["doc_id"].iat[0].startswith("bible/")
 
 
+def test_query_box_approximate_values_from_sketches_are_marked(make_app, runs_root, small_run, small_index):
+    from provenance.evidence import query
+
+    text = "At the very start God made the heavens and the earth, and the earth had no shape and was empty."
+    at = open_run(make_app, runs_root, "small")
+    at.radio(key="mode").set_value("A new output text").run()
+    at.checkbox(key=f"approximate:{small_run}").check().run()
+    at.text_area(key="query_text").input(text).run()
+    no_exceptions(at)
+    assert any("APPROXIMATE values" in w for w in messages(at, "warning"))
+    assert any("provenance attribute --run" in c.value for c in at.code)
+    answer = query(small_run, text=text, top_k=TOP_K, index=small_index, approximate=True)
+    assert answer.approximate
+    table = ranked_tables(at)[0]
+    assert table["doc_id"].tolist() == [r.doc_id for r in answer.rows]
+    assert np.allclose(table["value"].to_numpy(dtype=float), [r.value for r in answer.rows], rtol=1e-6)
+    assert table["value"].notna().all()
+
+
 def test_query_box_with_no_words_shows_the_library_error(make_app, runs_root):
     at = open_run(make_app, runs_root, "small")
     at.radio(key="mode").set_value("A new output text").run()

@@ -25,7 +25,8 @@ def _app() -> typer.Typer:
 def test_csv_json_and_table_agree(indexed_run, loaded_index):
     result = query(indexed_run, target_id=TARGET_ID, index=loaded_index)
     rows = list(csv.DictReader(io.StringIO(to_csv(result))))
-    assert list(rows[0].keys()) == list(COLUMNS) + ["group"]
+    assert list(rows[0].keys()) == list(COLUMNS) + ["group", "value_is_approximate"]
+    assert all(r["value_is_approximate"] == "False" for r in rows)
     assert [r["doc_id"] for r in rows] == [r.doc_id for r in result.rows] + [r.doc_id for r in result.worked_against]
     assert rows[0]["label"] == "verbatim" and float(rows[0]["value"]) == result.rows[0].value
     assert rows[-1]["group"] == "worked_against"
