@@ -178,12 +178,16 @@ def fmt_share(value: float | None) -> str:
     return "n/a" if value is None or pd.isna(value) else f"{value:.1%}"
 
 
-def table_config() -> dict:
+def table_config(approximate: bool = False) -> dict:
+    value = (st.column_config.NumberColumn(f"APPROXIMATE value ({UNIT})", format="%.3e",
+                                           help="Estimated from the run's gradient sketches, not exact. "
+                                                + VALUE_DEFINITION)
+             if approximate else st.column_config.NumberColumn(f"value ({UNIT})", format="%.3e", help=VALUE_DEFINITION))
     return {
         "rank": st.column_config.NumberColumn("rank", help="1 = largest value for this output"),
         "doc_id": st.column_config.TextColumn("document"),
         "source": st.column_config.TextColumn("source"),
-        "value": st.column_config.NumberColumn(f"value ({UNIT})", format="%.3e", help=VALUE_DEFINITION),
+        "value": value,
         "value_share": st.column_config.NumberColumn("value share", format="percent", help=SHARE_DEFINITION),
         "cumulative_share": st.column_config.NumberColumn("cumulative share", format="percent",
                                                           help=SHARE_DEFINITION),
@@ -265,20 +269,24 @@ def show_ledger(ledger) -> None:
         f"loss ({UNIT}); the rest is higher-order effects and the update history, reported, not hidden.")
 
 
-def show_table(slot, frame: pd.DataFrame, labels, sources, min_share: float, note: str = "") -> pd.DataFrame:
+def show_table(slot, frame: pd.DataFrame, labels, sources, min_share: float, note: str = "",
+               approximate: bool = False) -> pd.DataFrame:
     shown = sup.filter_table(frame, labels, sources, min_share)
     with slot.container():
-        st.dataframe(shown, hide_index=True, width="stretch", column_config=table_config(),
+        st.dataframe(shown, hide_index=True, width="stretch", column_config=table_config(approximate),
                      column_order=list(sup.TABLE_COLUMNS))
         st.caption(f"{len(shown)} of {len(frame)} ranked documents shown" + (f" ({note})" if note else ""))
     return shown
 
 
 def show_export(slot, rows: pd.DataFrame, against: pd.DataFrame, labels, sources, min_share: float,
-                file_name: str) -> None:
-    """CSV of the rows that pass the filters, then the worked-against rows that pass them."""
+                file_name: str, approximate: bool = False) -> None:
+    """CSV of the rows that pass the filters, then the worked-against rows that pass them (approximate
+    values carry a value_is_approximate column, as the CLI's CSV does)."""
     exported = pd.concat([sup.filter_table(rows, labels, sources, min_share),
                           sup.filter_table(against, labels, sources, min_share)], ignore_index=True)
+    if approximate:
+        exported["value_is_approximate"] = True
     slot.download_button("Download table (CSV)", exported.to_csv(index=False), file_name=file_name, mime="text/csv",
                          help="The rows that pass the filters, then the worked-against rows that pass them.")
 
@@ -505,6 +513,7 @@ def show_output(folder: Path, fingerprint: tuple, facts: sup.RunFacts, target_id
             show_ledger(cached_ledger(path, fingerprint, target_id))
 
     st.header("Ranked training documents")
+    approximate_slot = st.empty()
     filters = st.columns([2, 2, 1])
     labels = filters[0].multiselect("Evidence label", list(LABELS), key="filter_labels",
                                     help="Show only these labels (none chosen = all)")
@@ -559,16 +568,21 @@ def show_output(folder: Path, fingerprint: tuple, facts: sup.RunFacts, target_id
     from provenance.evidence.render import to_records
 
     rows, against = sup.result_tables(to_records(result))
-    shown = show_table(table_slot, rows, labels, sources, min_share)
+    if result.approximate:
+        approximate_slot.warning("APPROXIMATE values: estimated in seconds from the gradient sketches this run "
+                                 "stored while training, not exact In-Run Data Shapley values (docs/posthoc.md). "
+                                 "Confirm the outputs that matter by replaying the run with this text as a "
+                                 "target (command below the tables).")
+    shown = show_table(table_slot, rows, labels, sources, min_share, approximate=result.approximate)
     show_export(export_slot, rows, against, labels, sources, min_share,
-                f"{folder.name}-{result.target_id or 'query'}-ranked.csv")
+                f"{folder.name}-{result.target_id or 'query'}-{'approximate' if result.approximate else 'ranked'}.csv",
+                approximate=result.approximate)
     with against_box:
-        show_worked_against(sup.filter_table(against, labels, sources, 0.0))
+        show_worked_against(sup.filter_table(against, labels, sources, 0.0), result.approximate)
     with notes_box:
         if result.approximate:
-            st.warning("APPROXIMATE values: estimated in seconds from the gradient sketches this run stored while "
-                       "training, not exact In-Run Data Shapley values (docs/posthoc.md). Confirm the outputs "
-                       "that matter by replaying the run with this text as a target:")
+            show_plain("To replace the approximate values by exact ones, replay the run with this text as a target:",
+                       style="color:#8a6d3b;font-size:0.9rem")
             st.code(result.attribute_command or "", language="bash", wrap_lines=True)
         elif not result.attributed:
             st.warning("This text is not an attributed target of the run: documents are ranked by evidence only "
@@ -589,12 +603,12 @@ def show_output(folder: Path, fingerprint: tuple, facts: sup.RunFacts, target_id
     show_report_button(report_box, path, fingerprint, result, top_k, index)
 
 
-def show_worked_against(frame: pd.DataFrame) -> None:
+def show_worked_against(frame: pd.DataFrame, approximate: bool = False) -> None:
     if frame.empty:
         return
     st.subheader("Worked against this output")
     st.caption("Negative values: training on these documents raised the output's loss. They get no share.")
-    st.dataframe(frame, hide_index=True, width="stretch", column_config=table_config(),
+    st.dataframe(frame, hide_index=True, width="stretch", column_config=table_config(approximate),
                  column_order=[c for c in sup.TABLE_COLUMNS if c not in ("value_share", "cumulative_share")])
 
 

@@ -195,6 +195,27 @@ def test_markup_in_a_document_renders_as_literal_text(page_and_dialogs):
     assert not dialogs, f"a dialog opened: {dialogs}"
 
 
+def test_new_text_with_approximate_values_from_sketches(page_and_dialogs):
+    page, dialogs = page_and_dialogs
+    wait_idle(page)
+    page.get_by_text("A new output text", exact=True).click()
+    page.get_by_text("Approximate values from sketches", exact=True).click()
+    box = page.get_by_role("textbox", name="Output text")
+    box.fill("At the very start God made the heavens and the earth, and the earth had no shape.")
+    box.press("Control+Enter")
+    warning = page.get_by_text("APPROXIMATE values: estimated in seconds", exact=False).first
+    warning.wait_for()
+    visible_table(page).wait_for()
+    wait_idle(page)
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.locator("h2", has_text="Ranked training documents").evaluate(
+        "element => element.scrollIntoView({block: 'start'})")
+    page.screenshot(path=str(ARTIFACTS / "browser_approximate_values.png"))
+    page.get_by_text("A registered target", exact=False).first.click()  # back to the target mode
+    wait_idle(page)
+    assert not dialogs, f"a dialog opened: {dialogs}"
+
+
 def test_first_load_of_the_10k_document_run_in_the_browser(page_and_dialogs, large_root):
     page, dialogs = page_and_dialogs
     values = pd.read_parquet(large_root / "large" / "values.parquet")
