@@ -14,7 +14,7 @@ See docs/recovery.md; corpus and targets: bench/recovery_targets.py; rankings: b
     python bench/recovery.py --reuse    # reuse the cached run attribution_runs/recovery-bench
     python bench/recovery.py --json     # one JSON line
     python bench/recovery.py --quick    # tiny smoke run (about a minute)
-    python bench/recovery.py --hard     # the harder benchmark (4,444 documents; not run yet: ~1-2 h here)
+    python bench/recovery.py --hard     # the harder benchmark (4,444 documents; trained in ~48 min here, one thread)
 """
 
 from __future__ import annotations
@@ -264,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print exactly one JSON line")
     parser.add_argument("--quick", action="store_true", help="a tiny smoke run (small corpus, few targets)")
     parser.add_argument("--hard", action="store_true",
-                        help="the harder benchmark (whole WEB but Luke/John, 60 paraphrase targets; ~1-2 h to train)")
+                        help="the harder benchmark (whole WEB but Luke/John, 60 paraphrase targets; ~55 min to train, one thread)")
     parser.add_argument("--reuse", action="store_true", help="reuse the cached trained run instead of training")
     parser.add_argument("--runs-dir", default="attribution_runs", help="where the benchmark run is cached")
     args = parser.parse_args(argv)
