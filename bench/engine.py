@@ -71,7 +71,7 @@ class Runner:
         if mode == "torch_func":
             self.targets = make_batch(1, size["target_tokens"], size["vocab"], 999, prompt=8)
             return
-        order = 2 if mode == "second_order" else 1
+        order = 2 if mode.startswith("second_order") else 1
         k = 16 if mode.startswith("targets16") else 1
         denominator = "previous" if mode.endswith("_previous") else "current"
         config = EngineConfig(order=order, max_grad_norm=1.0, adam_denominator=denominator)
@@ -167,7 +167,7 @@ def main() -> None:
     reps = args.reps or (5 if args.quick else 3)
     modes = ["plain", "first_order", "second_order", "targets16"]
     if args.optimizer == "adamw":  # the fast mode: Adam's denominator held at v_{t-1} (DESIGN.md)
-        modes += ["first_order_previous", "targets16_previous"]
+        modes += ["first_order_previous", "second_order_previous", "targets16_previous"]
     modes += [] if args.no_torch_func else ["torch_func"]
     runners = {mode: Runner(size, mode, args.optimizer) for mode in modes}
     for runner in runners.values():  # warm-up (allocations, Adam state)
@@ -196,11 +196,15 @@ def main() -> None:
         "targets16_ratio": round(ratio["targets16"], 4),
         "first_order_ratio_previous": round(ratio["first_order_previous"], 4) if "first_order_previous" in ratio else None,
         "targets16_ratio_previous": round(ratio["targets16_previous"], 4) if "targets16_previous" in ratio else None,
+        "second_order_ratio_previous": (round(ratio["second_order_previous"], 4)
+                                        if "second_order_previous" in ratio else None),
         "torch_func_ratio": round(ratio["torch_func"], 4) if "torch_func" in ratio else None,
         "peak_memory_ratio": mem_ratio(memory, "first_order"),
         "peak_memory_ratio_targets16": mem_ratio(memory, "targets16"),
         "peak_memory_ratio_second_order": mem_ratio(memory, "second_order"),
         "peak_memory_ratio_previous": mem_ratio(memory, "first_order_previous"),
+        "peak_memory_ratio_second_order_previous": mem_ratio(memory, "second_order_previous"),
+        "peak_memory_ratio_targets16_previous": mem_ratio(memory, "targets16_previous"),
         "torch_func_peak_memory_ratio": mem_ratio(memory, "torch_func"),
         "live_peak_memory_ratio": mem_ratio(live, "first_order"),
         "live_peak_memory_ratio_targets16": mem_ratio(live, "targets16"),
