@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train.tiny import write_corpus  # noqa: E402
 
 runner = CliRunner()
-COMMANDS = ["train", "generate", "attribute", "values", "verify", "demo"]
+COMMANDS = ["train", "generate", "attribute", "values", "verify", "demo", "curate", "approximate", "index", "query", "report"]
 TINY = ["--steps", "4", "--batch-size", "4", "--micro-batch-size", "2", "--warmup-steps", "1",
         "--checkpoint-every", "2", "--vocab-size", "300", "--n-layer", "1", "--n-head", "2", "--n-embd", "16",
         "--context-length", "32", "--quiet"]

@@ -12,13 +12,14 @@ import shutil
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
-from safetensors.torch import save_file
+
+if TYPE_CHECKING:  # torch is imported by the one writer that needs it: readers of json/parquet stay light
+    import torch
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -79,6 +80,8 @@ def write_safetensors(
     path: str | Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None
 ) -> Path:
     """safetensors needs contiguous, unshared tensors: clone each one so tied weights save cleanly."""
+    from safetensors.torch import save_file
+
     owned = {name: t.detach().cpu().contiguous().clone() for name, t in tensors.items()}
     meta = dict(metadata) if metadata else None  # an empty metadata dict makes an unreadable file
     return atomic_write(path, lambda tmp: save_file(owned, str(tmp), metadata=meta))
