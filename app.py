@@ -27,10 +27,12 @@ import streamlit as st  # noqa: E402
 from provenance import app_support as sup  # noqa: E402
 from provenance.errors import EvidenceIndexError, ProvenanceError, SketchMismatchError, TargetError  # noqa: E402
 from provenance.evidence.schema import LABELS, SHARE_DEFINITION, VALUE_DEFINITION  # noqa: E402
+from provenance.evidence.specific import MIN_REFERENCE_TARGETS  # noqa: E402
 
 UNIT = "nats per output token"
 MODE_TARGET = "A registered target"
 MODE_TEXT = "A new output text"
+RANKINGS = {"value": "value (largest first)", "combined": "combined (evidence, then target-specific value)"}
 MAKE_A_RUN = """\
 # the shipped demo (a few minutes on a CPU): trains a small GPT-2 with attribution, writes attribution_runs/demo
 provenance demo
@@ -137,12 +139,21 @@ def cached_index(path: str, fingerprint: tuple):
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def cached_query(path: str, fingerprint: tuple, target_id: str | None, text: str | None, top_k: int, _index,
-                 approximate: bool = False):
+                 approximate: bool = False, ranking: str = "value"):
     from provenance.evidence import query
 
     sketches = cached_sketch_query(path, fingerprint) if approximate else None
+    chunk_values = cached_chunk_values(path, fingerprint) if ranking == "combined" else None
     return query(path, target_id=target_id, text=text, top_k=top_k, index=_index, approximate=approximate,
-                 sketch_query=sketches)
+                 sketch_query=sketches, order=ranking, chunk_values=chunk_values)
+
+
+@st.cache_resource(show_spinner=False, max_entries=2)
+def cached_chunk_values(path: str, fingerprint: tuple):
+    """Per-chunk values of every target (contributions.parquet), read once for the combined ranking."""
+    from provenance.evidence.specific import load_chunk_values
+
+    return load_chunk_values(path)
 
 
 @st.cache_resource(show_spinner=False, max_entries=2)
@@ -494,7 +505,8 @@ def show_report_button(box, path: str, fingerprint: tuple, result, top_k: int, i
 
 
 def show_output(folder: Path, fingerprint: tuple, facts: sup.RunFacts, target_id: str | None,
-                text: str | None, top_k: int, targets: pd.DataFrame, approximate: bool = False) -> None:
+                text: str | None, top_k: int, targets: pd.DataFrame, approximate: bool = False,
+                ranking: str = "value") -> None:
     path = str(folder)
     order = facts.value_order
     st.header("Output")
@@ -561,7 +573,7 @@ def show_output(folder: Path, fingerprint: tuple, facts: sup.RunFacts, target_id
     with st.spinner("Ranking documents and collecting evidence..."):
         try:
             result = cached_query(path, fingerprint, target_id if text is None else None, text, top_k, index,
-                                  approximate)
+                                  approximate, ranking)
         except (TargetError, SketchMismatchError) as exc:
             show_error(str(exc))
             return
@@ -634,7 +646,15 @@ def show_run(folder: Path) -> None:
                 return f"{target_id} — {snippet[:60]}{'…' if len(snippet) > 60 else ''}"
 
             target_id = sidebar.selectbox("Target", ids, format_func=describe, key=f"target:{path}")
-            show_output(folder, fingerprint, facts, target_id, None, top_k, targets)
+            ranking = "value"
+            if len(ids) > MIN_REFERENCE_TARGETS:  # the combined order contrasts with >= 20 other targets
+                ranking = sidebar.radio(
+                    "Rank documents by", list(RANKINGS), key=f"ranking:{path}", format_func=RANKINGS.get,
+                    help="value: the In-Run Data Shapley value, largest first. combined: the evidence label "
+                         "first (verbatim, paraphrase, topic), then the evidence score plus the document's "
+                         "target-specific value (its value for this output against the run's other targets); "
+                         "the value and share columns stay the raw values (docs/evidence.md).")
+            show_output(folder, fingerprint, facts, target_id, None, top_k, targets, ranking=ranking)
     else:
         text = sidebar.text_area("Output text", key="query_text", height=200,
                                  help="Paste an output to find the training documents behind it "

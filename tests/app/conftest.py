@@ -13,7 +13,7 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from .runs import build_large_run, build_small_run  # noqa: E402
+from .runs import build_large_run, build_many_targets_run, build_small_run  # noqa: E402
 
 APP = Path(__file__).resolve().parents[2] / "app.py"
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
@@ -33,6 +33,14 @@ def runs_root(tmp_path_factory) -> Path:
     manifest = json.loads((unfinished / "manifest.json").read_text(encoding="utf-8"))
     manifest["status"] = "training"
     (unfinished / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+    return root
+
+
+@pytest.fixture(scope="session")
+def many_root(tmp_path_factory) -> Path:
+    """A runs folder with one run of 22 targets (the app offers the combined ranking for it)."""
+    root = tmp_path_factory.mktemp("many_runs")
+    build_many_targets_run(root, tmp_path_factory.mktemp("corpus_many") / "docs")
     return root
 
 

@@ -86,6 +86,25 @@ def build_small_run(runs_root: Path, corpus_folder: Path, run_id: str = "small")
     return run.path
 
 
+def many_targets() -> dict[str, tuple[str, str]]:
+    """The two targets plus 20 sentences of the corpus: enough reference targets for the combined order."""
+    sentences = [x.strip() + "." for text in DOCUMENTS.values() for x in text.split(".") if len(x.split()) >= 6]
+    extra = {f"sentence-{i:02d}": ("", " " + sentence) for i, sentence in enumerate(sentences[:20])}
+    assert len(extra) == 20, "the corpus has fewer than 20 long sentences"
+    return {**TARGETS, **extra}
+
+
+def build_many_targets_run(runs_root: Path, corpus_folder: Path, run_id: str = "many") -> Path:
+    """Like build_small_run, with 22 registered targets (the combined ranking needs >= 20 others)."""
+    from provenance.evidence.index import build_index
+    from provenance.train import TargetSpec, train
+
+    targets = [TargetSpec(tid, prompt, text) for tid, (prompt, text) in many_targets().items()]
+    run = train(write_corpus(corpus_folder), runs_root / run_id, small_config(), targets=targets, progress=False)
+    build_index(run.path, progress=False)
+    return run.path
+
+
 def build_large_run(path: Path, n_documents: int = 10_000, n_targets: int = 20, steps: int = 200,
                     seed: int = 0) -> Path:
     """A complete synthetic run (contract tables + manifest with file hashes), no checkpoints or model."""

@@ -220,6 +220,25 @@ def test_query_box_approximate_values_from_sketches_are_marked(make_app, runs_ro
     assert table["value"].notna().all()
 
 
+def test_combined_ranking_is_offered_with_enough_targets(make_app, runs_root, many_root, small_run):
+    from provenance.evidence import load_index, query
+
+    small = open_run(make_app, runs_root, "small")  # 2 targets: no choice, value order
+    assert not [r for r in small.radio if r.key == f"ranking:{small_run}"]
+    run = many_root / "many"
+    at = open_run(make_app, many_root, "many")
+    pick_target(at, run, "bread")
+    at.radio(key=f"ranking:{run}").set_value("combined").run()
+    no_exceptions(at)
+    answer = query(run, target_id="bread", top_k=TOP_K, index=load_index(run), order="combined")
+    assert answer.order == "combined"
+    table = ranked_tables(at)[0]
+    assert table["doc_id"].tolist() == [r.doc_id for r in answer.rows]
+    assert table["label"].tolist() == [r.evidence.label for r in answer.rows]
+    assert np.allclose(table["value"].to_numpy(dtype=float), [r.value for r in answer.rows])
+    assert any("rows in combined order" in body for body in html_bodies(at))
+
+
 def test_query_box_with_no_words_shows_the_library_error(make_app, runs_root):
     at = open_run(make_app, runs_root, "small")
     at.radio(key="mode").set_value("A new output text").run()
