@@ -325,14 +325,11 @@ def candidate_evidence(index: EvidenceIndex, prepared: PreparedOutput) -> dict[s
 
 
 def _evidence_rows(index: EvidenceIndex, prepared: PreparedOutput, top_k: int) -> list[RankedDocument]:
-    scored = []
-    for doc in _candidates(index, prepared)[:MAX_CANDIDATES]:
-        scored.append((doc, assess(prepared, index.document_view(doc), index.thresholds)))
-    scored.sort(key=lambda pair: _rank_key(pair[1]))
+    scored = sorted(candidate_evidence(index, prepared).items(), key=lambda pair: _rank_key(pair[1]))
     return [
-        RankedDocument(rank=i + 1, doc_id=index.doc_ids[d], source=index.sources[d], value=None,
+        RankedDocument(rank=i + 1, doc_id=doc_id, source=index.sources[index.doc_index[doc_id]], value=None,
                        value_share=None, cumulative_share=None, evidence=e)
-        for i, (d, e) in enumerate(scored[:top_k])
+        for i, (doc_id, e) in enumerate(scored[:top_k])
     ]
 
 

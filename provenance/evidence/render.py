@@ -47,14 +47,10 @@ def record(row: RankedDocument, group: str = "rows") -> dict:
     }
 
 
-def _approximate_column(records: list[dict], approximate: bool) -> list[dict]:
-    return [{**r, "value_is_approximate": approximate} for r in records]
-
-
 def to_records(result: QueryResult) -> list[dict]:
     """One flat record per row (worked-against rows carry group = 'worked_against')."""
     records = [record(r) for r in result.rows] + [record(r, "worked_against") for r in result.worked_against]
-    return _approximate_column(records, result.approximate)
+    return [{**r, "value_is_approximate": result.approximate} for r in records]
 
 
 def to_json(result: QueryResult) -> str:

@@ -78,11 +78,10 @@ def target_sketches(store: SketchStore, model: torch.nn.Module, targets: Any, ta
     anchors = anchors if anchors is not None else load_anchors(store, params)
     k = task.num_targets(targets)
     out = torch.zeros(len(store.segments), k, store.projections.dim, dtype=torch.float32)
-    kinds: dict[int, set[str]] = {}
+    by_step: dict[int, list[Any]] = {}
     for segment in store.segments:
-        kinds.setdefault(segment.anchor_step, set()).add(segment.projection)
-    steps = sorted(kinds)
-    sets = {"gaussian": store.projections, "pca": store.pca}
+        by_step.setdefault(segment.anchor_step, []).append(segment)
+    steps = sorted(by_step)
     sketched = {slot.name for slot in store.projections.slots}  # skipped parameters need no gradient
     was_training = model.training
     model.eval()
@@ -95,8 +94,10 @@ def target_sketches(store: SketchStore, model: torch.nn.Module, targets: Any, ta
             for step, grads in gradients:
                 anchor = anchors[step]
                 directed = {n: g.float() * anchor.precond[n] for n, g in grads.items()}
-                for kind in kinds[step]:
-                    done[(step, kind)] = sets[kind].project_full(directed, torch.float32)
+                for segment in by_step[step]:  # segments sharing an anchor and a projection set share a sketch
+                    if (step, segment.projection) not in done:
+                        done[(step, segment.projection)] = store.projections_for(segment).project_full(
+                            directed, torch.float32)
             for i, segment in enumerate(store.segments):
                 out[i, j] = done[(segment.anchor_step, segment.projection)]
     finally:
@@ -108,12 +109,12 @@ def _looped_gradients(model, task, single, anchors, steps, wanted):
     """(anchor step, {param: gradient} for the `wanted` parameters) one forward/backward per anchor (the
     model's weights are overwritten)."""
     params = dict(model.named_parameters())
+    names = [n for n in params if n in wanted]
     for step in steps:
         with torch.no_grad():
             for name, p in params.items():
                 p.copy_(anchors[step].weights[name])
         loss = task.target_losses(model, single)[0]
-        names = [n for n in params if n in wanted]
         grads = torch.autograd.grad(loss, [params[n] for n in names], allow_unused=True)
         yield step, {n: g for n, g in zip(names, grads) if g is not None}
 

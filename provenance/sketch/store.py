@@ -329,7 +329,7 @@ class SketchStore:
 
     @property
     def n_rows(self) -> int:
-        return sum(int(memmap_tensor(s.path, "chunk_id").shape[0]) for s in self.segments)
+        return sum(int(self.rows(s)[0].shape[0]) for s in self.segments)
 
     def nbytes(self) -> int:
         return sum(f.stat().st_size for f in self.folder.rglob("*.safetensors"))
