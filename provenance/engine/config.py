@@ -46,6 +46,10 @@ class EngineConfig:
         "previous" (DESIGN.md, the Adam follow-up paper): A_t = sqrt(v_{t-1}/(1-beta2^(t-1))) + eps, known
             before the step, so first-order values are formed inside backward at almost no cost. Elements
             never updated yet (v_{t-1} == 0) and an optimizer's first step use "current".
+    contiguous_grads: hand the optimizer gradients the engine formed in the parameter's own memory layout
+        (default). False reproduces runs recorded before this setting existed, which handed GPT-2 Conv1D
+        weights a transposed view: clipping and AdamW then sum and round in another order, so a replay
+        must use the run's own setting (trainer.engine_config reads it from the manifest).
     """
 
     order: Literal[1, 2] = 1
@@ -57,6 +61,7 @@ class EngineConfig:
     keep_rows_mb: float = 4096.0
     weight_gradients: Literal["auto", "per_row", "matmul"] = "auto"
     adam_denominator: Literal["current", "previous"] = "current"
+    contiguous_grads: bool = True
 
     def __post_init__(self) -> None:
         if self.order not in (1, 2):
@@ -92,4 +97,5 @@ class EngineConfig:
             "keep_rows_mb": self.keep_rows_mb,
             "weight_gradients": self.weight_gradients,
             "adam_denominator": self.adam_denominator,
+            "contiguous_grads": self.contiguous_grads,
         }

@@ -364,7 +364,7 @@ class AttributionEngine:
                 z = self._direction(p, state)
             if id(p) in self._owned_ids:
                 total, contrib = use.rule.grad_and_dot(use.module, use.pname, record.saved, record.grad, z, state.budget)
-                p.grad = total if p.grad is None else p.grad + total
+                self._add_grad(p, use, total)
                 route = "backward"
             elif z is not None:
                 contrib, route = self._dot_in_backward(p, use, record, z, state)
@@ -377,6 +377,15 @@ class AttributionEngine:
                 self._done_with_call(p, record.micro_batch, state)
         for observer in self._observers:
             observer(record, start, stop)
+
+    def _add_grad(self, p: nn.Parameter, use: _Use, total: torch.Tensor) -> None:
+        """Add one call's batch gradient (in the parameter's own layout) to p.grad. Runs recorded before
+        contiguous_grads existed handed the optimizer GPT-2 Conv1D gradients as transposed views, which
+        send clipping and AdamW down torch's strided paths (other rounding, and a ~3x slower AdamW step):
+        their replays get the same numbers in that layout again."""
+        if not self.config.contiguous_grads and getattr(use.rule, "transposed", False):
+            total = total.T.contiguous().T
+        p.grad = total if p.grad is None else p.grad + total
 
     def _early_params(self, deferred: list[nn.Parameter], micro_batches: int, rows: int) -> set[int]:
         """Adam's "current" denominator needs the step's (clipped) gradient. A matmul weight the engine forms
@@ -415,7 +424,7 @@ class AttributionEngine:
             self._keep_rows(p, use, record, state)
             return
         total, pieces = use.rule.grad_and_rows(use.module, use.pname, record.saved, record.grad, reuse=True)
-        p.grad = total if p.grad is None else p.grad + total
+        self._add_grad(p, use, total)
         if not state.predict_unclipped:
             return
         entry = linearize(self.optimizer, p, self._groups[id(p)], p.grad, "current")
@@ -501,7 +510,7 @@ class AttributionEngine:
             # Fresh buffers, freed after the step like activations: a pool kept across steps would sit on
             # top of the next forward pass's activation peak.
             total, per_row = use.rule.grad_and_rows(use.module, use.pname, record.saved, record.grad)
-            p.grad = total if p.grad is None else p.grad + total
+            self._add_grad(p, use, total)
         else:
             per_row = use.rule.grads(use.module, use.pname, record.saved, record.grad, state.value_dtype)
         calls.append(per_row)

@@ -55,35 +55,45 @@ class Linearization:
         """g *= coef, in g's own memory order (strided reads of coef over a transposed view are slow)."""
         if self.precond is None:
             return g.mul_(self.scale)
-        coef = self.precond.to(g.dtype) * self.scale
-        if _transposed_view(g):
-            g.transpose(1, 2).mul_(coef.T.contiguous())
-            return g
-        return g.mul_(coef)
+        memory, flip = _memory_order(g)
+        memory.mul_(_in_layout(self.precond, flip, g.dtype, self.scale))
+        return g
 
     def direction_and_history(self, g_v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(direction(g_v), -h . g_v per target), turning g_v into the direction in place: with K
         targets each is K x the parameter's size, and every pass over memory of that size costs on CPU.
-        Two passes: z = coef * g_v, then one dot of z with a parameter-sized vector w such that
-        z . w = -h . g_v (the decay part p . g_v is (p / coef) . z; coef > 0 elementwise)."""
+        h is formed once, in g_v's memory order (one buffer, no transposed copies), and dotted with g_v
+        before g_v is scaled: two passes over the K directions in all."""
         if self.scale == 0:  # no step: z = 0, only the decay part of h remains
             decay_part = -self.decay * _dots(g_v, self.param.detach().to(g_v.dtype))
             return g_v.zero_(), decay_part
-        dtype = g_v.dtype
-        p = self.param.detach().to(dtype)
-        if self.precond is None:
-            w = p * (self.decay / self.scale) if self.decay else None
-        else:
-            w = p / (self.precond.to(dtype) * self.scale) * self.decay if self.decay else None
-        z = self.scale_in_place(g_v)
+        k = g_v.shape[0]
+        memory, flip = _memory_order(g_v)
+        h = self._history_in_layout(flip, g_v.dtype)
+        history = torch.zeros(k, dtype=g_v.dtype) if h is None else -(memory.reshape(k, -1) @ h.reshape(-1))
+        del h
+        self.scale_in_place(g_v)
+        return g_v, history
+
+    def _history_in_layout(self, flip: bool, dtype: torch.dtype) -> torch.Tensor | None:
+        """h = decay * p + momentum_scale * momentum * precond + l2_scale * p * precond as one contiguous
+        tensor laid out like the parameter (flip=False) or like its transpose (flip=True); None if h = 0."""
+        param = self.param.detach()
+        precond = self.precond
+        h = None
         if self.momentum is not None and self.momentum_scale:
-            part = self.momentum.to(dtype) * (self.momentum_scale / self.scale)
-            w = part if w is None else w.add_(part)
-        if self.l2_scale:
-            w = p * (self.l2_scale / self.scale) if w is None else w.add_(p, alpha=self.l2_scale / self.scale)
-        if w is None:
-            return z, torch.zeros(z.shape[0], dtype=dtype)
-        return z, -_dots(z, w)
+            h = _in_layout(self.momentum, flip, dtype, self.momentum_scale)
+            if precond is not None:
+                h.mul_(precond.T if flip else precond)
+        if self.l2_scale:  # Adam's L2 (non-decoupled) weight decay: precond is set
+            term = _in_layout(param, flip, dtype, self.l2_scale).mul_(precond.T if flip else precond)
+            h = term if h is None else h.add_(term)
+        if self.decay:
+            if h is None:
+                h = _in_layout(param, flip, dtype, self.decay)
+            else:
+                h.add_(param.T if flip else param, alpha=self.decay)
+        return h
 
     def history(self) -> torch.Tensor:
         """h itself (only the second order needs it materialized)."""
@@ -94,6 +104,21 @@ class Linearization:
         if self.l2_scale:
             out = out + self.l2_scale * self.param.detach() * pre
         return out
+
+
+def _memory_order(stacked: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """(a view of `stacked` that is contiguous, whether it is the transpose of `stacked`'s last two dims)."""
+    if _transposed_view(stacked):
+        return stacked.transpose(1, 2), True
+    return stacked, False
+
+
+def _in_layout(t: torch.Tensor, flip: bool, dtype: torch.dtype, factor: float) -> torch.Tensor:
+    """factor * t as a new contiguous tensor, laid out as t or (flip) as t's transpose: one pass, whose
+    strided reads replace a multiply followed by a transposed copy."""
+    source = t.T if flip else t
+    out = torch.empty(source.shape, dtype=dtype)
+    return torch.mul(source, factor, out=out)
 
 
 def _transposed_view(stacked: torch.Tensor) -> bool:

@@ -51,7 +51,11 @@ from provenance.train.targets import REGISTERED_BEFORE, TargetSpec, targets_fram
 
 # Engine settings that fix how training sums its gradients (so a replay is bit-identical) or what a value
 # means: a replay takes them from the run's manifest, not from this version's defaults.
-RECORDED_ENGINE_SETTINGS = ("memory_budget_mb", "keep_rows_mb", "weight_gradients", "adam_denominator")
+RECORDED_ENGINE_SETTINGS = (
+    "memory_budget_mb", "keep_rows_mb", "weight_gradients", "adam_denominator", "contiguous_grads"
+)
+# What a run recorded before a setting existed was trained with (so its replay stays bit-identical).
+SETTINGS_BEFORE_RECORDED = {"contiguous_grads": False}
 
 
 def engine_config(config: RunConfig, recorded: dict[str, Any] | None = None) -> Any:
@@ -59,6 +63,8 @@ def engine_config(config: RunConfig, recorded: dict[str, Any] | None = None) -> 
     from provenance.engine import EngineConfig
 
     kept = {key: recorded[key] for key in RECORDED_ENGINE_SETTINGS if recorded and key in recorded}
+    if recorded:
+        kept.update({key: value for key, value in SETTINGS_BEFORE_RECORDED.items() if key not in recorded})
     return EngineConfig(
         order=config.attribution.order,
         max_grad_norm=config.train.max_grad_norm or None,

@@ -122,3 +122,22 @@ def test_same_seed_same_run(tmp_path, tiny_corpus, trained_run):
     b = pd.read_parquet(run.path / "contributions.parquet")
     pd.testing.assert_frame_equal(a, b)
     assert sha256_file(trained_run / "model/model.safetensors") == sha256_file(run.path / "model/model.safetensors")
+
+
+def test_engine_settings_of_a_run_recorded_before_a_setting_existed():
+    """A replay takes the engine settings a run recorded; a setting the manifest predates gets the value
+    such runs were trained with (contiguous_grads: False), so the replay stays bit for bit."""
+    from provenance.config import RunConfig
+    from provenance.train.trainer import engine_config
+
+    cfg = RunConfig()
+    assert engine_config(cfg).contiguous_grads is True  # a new run
+    old = {"memory_budget_mb": 160.0, "weight_gradients": "auto", "adam_denominator": "current"}
+    assert engine_config(cfg, old).contiguous_grads is False
+    assert engine_config(cfg, {**old, "contiguous_grads": True}).contiguous_grads is True
+    assert engine_config(cfg, old).memory_budget_mb == 160.0
+
+
+def test_new_runs_record_the_gradient_layout(trained_run):
+    manifest = json.loads((trained_run / "manifest.json").read_text())
+    assert manifest["config"]["engine"]["contiguous_grads"] is True

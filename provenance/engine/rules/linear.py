@@ -5,6 +5,9 @@ G_r = sum_n b_rn a_rn^T. Two exact routes contract it with K target directions z
 - "target": sum_n b_rn^T z_k a_rn per k (cost K*R*N*din*dout); per-token values come for free;
 - "player": form G_r in blocks of rows (R*N*din*dout) then G_r . z_k (R*K*din*dout): cost barely grows
   with K, so it wins for many targets.
+Per-row blocks are formed in the weight's own memory layout (Conv1D's (din, dout) as a_r^T b_r), so their
+sum is the parameter's gradient as it is stored and a direction z shaped like the parameter is dotted with
+them as it is: no transposed pass over parameter-sized memory anywhere (each cost ~2x a contiguous one).
 """
 
 from __future__ import annotations
@@ -60,21 +63,24 @@ class MatmulRule(LayerRule):
         """z (K, *weight.shape) as (K, dout, din)."""
         return z.transpose(1, 2) if self.transposed else z.reshape(z.shape[0], module.weight.shape[0], -1)
 
+    def _blocks(self, a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-row weight gradients sum_n b_rn a_rn^T in the weight's memory layout: (rows, dout, din), or
+        (rows, din, dout) for a weight stored (din, dout). `out`: flat memory to write them into."""
+        first, second = (a, b) if self.transposed else (b, a)
+        if out is not None:
+            out = out[: first.shape[0] * first.shape[2] * second.shape[2]]
+            out = out.view(first.shape[0], first.shape[2], second.shape[2])
+        return torch.bmm(first.transpose(1, 2), second, out=out)
+
     def grads(self, module, pname, saved, grad, dtype, out=None):
         a, b = self.factors(module, saved, grad)
         a, b = a.to(dtype), b.to(dtype)
         if pname == "bias":
             return b.sum(dim=1)
         rows, din, dout = a.shape[0], a.shape[2], b.shape[2]
-        if out is not None and out.dtype == dtype and out.numel() >= rows * dout * din:
-            per_row = torch.bmm(b.transpose(1, 2), a, out=out[: rows * dout * din].view(rows, dout, din))
-        else:
-            per_row = torch.bmm(b.transpose(1, 2), a)  # (rows, dout, din)
-        if self.transposed:
-            # A view, not a copy: directions formed from it keep the (dout, din) memory order, so the dots
-            # with per-row blocks read them without another transposed copy (K x parameter size each).
-            return per_row.transpose(1, 2)
-        return per_row.reshape(per_row.shape[0], *module.weight.shape)
+        usable = out is not None and out.dtype == dtype and out.numel() >= rows * dout * din
+        per_row = self._blocks(a, b, out=out if usable else None)
+        return per_row.reshape(rows, *module.weight.shape)
 
     def owns_grad(self, pname: str) -> bool:
         return pname == "weight"
@@ -88,18 +94,15 @@ class MatmulRule(LayerRule):
         block = max(1, budget_elems // max(1, din * dout))
         total = None
         out = None if z is None else a.new_zeros(rows, z.shape[0], dtype=z.dtype)
-        flat_z = None if z is None else self._weight_view(module, z).reshape(z.shape[0], -1)
+        flat_z = None if z is None else z.reshape(z.shape[0], -1)
         buffer = _scratch(weight.dtype, min(block, rows) * dout * din)
         for start in range(0, rows, block):
             stop = min(rows, start + block)
-            per_row = buffer[: (stop - start) * dout * din].view(stop - start, dout, din)
-            torch.bmm(b[start:stop].transpose(1, 2), a[start:stop], out=per_row)
+            per_row = self._blocks(a[start:stop], b[start:stop], out=buffer)
             part = per_row.sum(dim=0)
             total = part if total is None else total + part
             if flat_z is not None:
                 out[start:stop] = per_row.reshape(stop - start, -1).to(flat_z.dtype) @ flat_z.T
-        if self.transposed:
-            total = total.T
         return total.reshape(weight.shape), out
 
     def grad_and_rows(self, module, pname, saved, grad, reuse=False):
@@ -111,25 +114,21 @@ class MatmulRule(LayerRule):
         if reuse:
             # Used at once, not kept: one block in the reused scratch buffer (one matmul, one sum, one dot;
             # the sum is grad_and_dot's with all rows in one block, so the gradient's numbers are the same).
-            per_row = _scratch(weight.dtype, rows * dout * din).view(rows, dout, din)
-            torch.bmm(b.transpose(1, 2), a, out=per_row)
-            total = per_row.sum(dim=0)
-            return (total.T if self.transposed else total).reshape(weight.shape), [per_row]
+            per_row = self._blocks(a, b, out=_scratch(weight.dtype, rows * dout * din))
+            return per_row.sum(dim=0).reshape(weight.shape), [per_row]
         # Kept in pieces of a few rows: pieces this size reuse the heap memory that backward frees from
         # activations, where one (rows, dout, din) block would be a fresh mapping on top of it.
         step = max(1, _ROW_PIECE_BYTES // (dout * din * weight.element_size()))
-        pieces = [torch.bmm(b[i : i + step].transpose(1, 2), a[i : i + step]) for i in range(0, rows, step)]
+        pieces = [self._blocks(a[i : i + step], b[i : i + step]) for i in range(0, rows, step)]
         total = pieces[0].sum(dim=0)
         for piece in pieces[1:]:  # a one-row piece is its own sum: no temporary (same numbers)
             total += piece[0] if piece.shape[0] == 1 else piece.sum(dim=0)
-        if self.transposed:
-            total = total.T
         return total.reshape(weight.shape), pieces
 
     def dot_rows(self, module, pname, per_row, z):
         if pname == "bias":
             return super().dot_rows(module, pname, per_row, z)
-        flat_z = self._weight_view(module, z).reshape(z.shape[0], -1).T
+        flat_z = z.reshape(z.shape[0], -1).T
         return torch.cat([piece.reshape(piece.shape[0], -1).to(z.dtype) @ flat_z for piece in per_row])
 
     def ghost_cost(self, module, saved, target_saved) -> int:
@@ -180,10 +179,10 @@ class MatmulRule(LayerRule):
             return out, "target"
         block = max(1, budget_elems // max(1, din * dout))
         out = a.new_zeros(rows, k)
-        flat_z = zw.reshape(k, -1)
+        flat_z = z.reshape(k, -1)
         for start in range(0, rows, block):
             stop = min(rows, start + block)
-            per_row = torch.bmm(b[start:stop].transpose(1, 2), a[start:stop])  # (block, dout, din)
+            per_row = self._blocks(a[start:stop], b[start:stop])  # (block, *weight layout)
             out[start:stop] = per_row.reshape(stop - start, -1) @ flat_z.T
         return out, "player"
 
