@@ -24,6 +24,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -32,8 +33,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+from provenance.evidence.combine import CombineSettings  # noqa: E402
 from recovery_rankings import (  # noqa: E402
-    RANKINGS, TEXT_ONLY, Ranker, TargetRanks, add_combined, best_chunk_values, rank_of, summarize,
+    RANKINGS, TEXT_ONLY, Ranker, TargetRanks, add_combined, best_chunk_values, fit_evidence_order,
+    parallel_queries, rank_of, summarize,
 )
 from recovery_run import FULL_CONFIG, HARD_CONFIG, QUICK_CONFIG, check_reusable, ensure_index, train_run  # noqa: E402
 from recovery_targets import KINDS, QUICK_SPEC, BenchSpec, build_benchmark, hard_spec  # noqa: E402
@@ -160,7 +163,15 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     scored = [t for t in bench.targets if t.kind in KINDS]
     for t in tqdm(scored, desc="rank targets", disable=args.json):
         results.append(ranker.rank_target(t.target_id, t.kind, t.text, list(t.sources)))
-    results, fitted = add_combined(results, index.doc_index)
+    # the evidence part of the combined order is fitted on other queries than the targets (same-event
+    # pericopes told by Matthew and by Mark); the value weight is then cross-fitted over the targets
+    queries = parallel_queries(index)
+    order_fit = fit_evidence_order(queries, index.doc_index) if queries else None
+    base = CombineSettings()
+    if order_fit is not None:
+        base = replace(base, coverage_weight=order_fit["coverage_weight"],
+                       copied_min_span_words=order_fit["copied_min_span_words"])
+    results, fitted = add_combined(results, index.doc_index, base=base)
     metrics = summarize(results, KINDS)
     log = read_table(run.train_log_path, "train_log")
     manifest = run.read_manifest()
@@ -177,6 +188,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
                   "loss_last5": round(float(log["loss"].iloc[-5:].mean()), 3),
                   "train_seconds": round(float(log["seconds"].sum()), 1)},
         "combined_weights": fitted,
+        "evidence_order_fit": order_fit,
         "min_reference_targets": ranker.min_reference,
         "unrelated": unrelated_summary(index, values, bench, ranker),
         "value_by_step": value_ranks_by_step(contributions, bench, CHECKPOINT_STEPS),
@@ -230,9 +242,19 @@ def print_table(out: dict) -> None:
                 cells.append(f"| {'-':>26}")
         print(f"{name:<17}" + "".join(cells))
     w = out["combined_weights"]
-    print(f"\ncombined: value weight fitted per fold {w['fold_weights']} (grid {w['weight_grid']}; the rows of "
-          f"`combined` are ranked with the other fold's weight); fitted on all targets "
-          f"{w['weight_fitted_on_all_targets']}; `combined_default` uses the API default {w['default_weight']}")
+    fit = out["evidence_order_fit"]
+    if fit is not None:
+        best = next(g for g in fit["grid"] if g["copied_min_span_words"] == fit["copied_min_span_words"]
+                    and g["coverage_weight"] == fit["coverage_weight"])
+        print(f"\ncombined, evidence part fitted on {fit['n_queries']} Matthew/Mark parallel queries (not targets; "
+              f"value weight 0): copied_min_span_words {fit['copied_min_span_words']}, coverage_weight "
+              f"{fit['coverage_weight']} (recall@1 {best['recall_at_1']}, mean rank {best['mean_rank']})")
+    print(f"combined: value weight fitted per fold {w['fold_weights']} (grid {w['weight_grid']}; the rows of "
+          f"`combined` are ranked with the other fold's weight; coverage_weight {w['coverage_weight']}, "
+          f"copied_min_span_words {w['copied_min_span_words']}); fitted on all targets "
+          f"{w['weight_fitted_on_all_targets']}; `combined_default` uses the API defaults (value_weight "
+          f"{w['default_weight']}, coverage_weight {w['default_coverage_weight']}, copied_min_span_words "
+          f"{w['default_copied_min_span_words']})")
     print("\nvalue ranking by training length (values summed up to step s of the same run):")
     for step, kinds in out["value_by_step"].items():
         print(f"  step {step:>4}: " + "  ".join(

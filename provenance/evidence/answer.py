@@ -8,9 +8,9 @@ passages (bm25s, vectorized scoring) and the n-gram index (verbatim candidates).
 text is not attributed yet and gives the command that attributes it.
 
 ``order="combined"`` ranks an attributed target's documents by the combined ranking instead
-(provenance.evidence.combine: evidence label first, then evidence score plus a bounded share of the
-document's target-specific value, provenance.evidence.specific); the value and share columns stay the
-raw values.
+(provenance.evidence.combine: largely copied documents first, then evidence score plus span coverage
+plus a bounded share of the document's target-specific value, provenance.evidence.specific); the value
+and share columns stay the raw values.
 """
 
 from __future__ import annotations
@@ -126,8 +126,9 @@ def query(
         specific = specific_values(chunk_values, target_id)
         rows, against = _combined_rows(index, prepared, values, specific, top_k, combine)
         notes.append(
-            f"rows in combined order: evidence label first, then evidence score + {combine.value_weight} x "
-            "relative target-specific value; value and share are the raw values"
+            "rows in combined order: largely copied documents first, then evidence score + "
+            f"{combine.coverage_weight} x span coverage + {combine.value_weight} x relative target-specific "
+            "value; value and share are the raw values"
         )
         ledger = _ledger_summary(run, target_id)
         command = None

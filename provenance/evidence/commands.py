@@ -71,8 +71,8 @@ def query(
     align: int = typer.Option(1, "--align", min=0, help="Top rows that get sentence-by-sentence alignment (costs embedder time)."),
     order: QueryOrder = typer.Option(
         QueryOrder.value, "--order",
-        help="Attributed targets: 'value' (raw value) or 'combined' (evidence label, then evidence score "
-        "+ target-specific value; needs >= 20 other attributed targets).",
+        help="Attributed targets: 'value' (raw value) or 'combined' (largely copied documents first, then "
+        "evidence score + span coverage + target-specific value; needs >= 20 other attributed targets).",
     ),
     approximate: bool = typer.Option(
         False, "--approximate", help="A text without exact values: rank by values estimated in seconds from the "

@@ -108,7 +108,7 @@ def test_quick_run_prints_one_json_line(modules, tmp_path, capsys):
             assert 1.0 <= cell["mean_rank"] <= result["n_documents"]
     # a verbatim excerpt shares its whole text with its source: the evidence ranking must put it first
     assert result["evidence"]["verbatim"]["recall_at_1"] == 1.0
-    # the combined ranking keeps the evidence label first: a verbatim source stays first
+    # the combined ranking puts a largely copied source in its first tier: a verbatim source stays first
     assert result["combined"]["verbatim"]["recall_at_1"] == 1.0
     assert set(result["combined_weights"]["fold_weights"].values()) <= set(result["combined_weights"]["weight_grid"])
     assert result["min_reference_targets"] == 4

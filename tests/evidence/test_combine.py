@@ -3,6 +3,7 @@ numbers, and `query(order="combined")` on the fixture run."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -11,8 +12,10 @@ import pytest
 
 from provenance.errors import RunDirectoryError, TargetError
 from provenance.evidence import query
-from provenance.evidence.combine import NOT_NOMINATED, CombineSettings, combine_rankings
-from provenance.evidence.labels import LABEL_ORDER
+from provenance.evidence.combine import (
+    COPIED, NOT_NOMINATED, RELATED, UNRELATED, CombineSettings, combine_rankings, evidence_tier,
+)
+from provenance.evidence.labels import THRESHOLDS_PATH
 from provenance.evidence.schema import Evidence
 from provenance.evidence.specific import (
     ChunkValues,
@@ -24,10 +27,6 @@ from provenance.evidence.specific import (
 from provenance.store.tables import write_table
 
 from .fixture_run import DOCS, TARGET_ID, VALUES
-
-
-def _evidence(label: str, score: float, similarity: float = 0.5, longest: int = 0) -> Evidence:
-    return Evidence(label=label, similarity=similarity, longest_span_tokens=longest, span_coverage=0.0, score=score)
 
 
 # -- specific values ------------------------------------------------------------------------------------
@@ -90,49 +89,108 @@ def test_specific_value_errors_name_the_fix():
 
 
 # -- the combined ranking --------------------------------------------------------------------------------
-def test_weight_zero_is_the_evidence_order_then_the_rest_by_value():
-    evidence = {
-        "p_low": _evidence("paraphrase", 0.70),
-        "v": _evidence("verbatim", 0.99),
-        "p_high": _evidence("paraphrase", 0.90),
-        "topic": _evidence("topic", 0.30),
-    }
-    specific = {"p_low": 9.0, "v": 0.0, "p_high": 1.0, "topic": 5.0, "outside_a": 2.0, "outside_b": 7.0}
-    order = combine_rankings(evidence, specific, CombineSettings(value_weight=0.0))
-    assert [e.doc_id for e in order] == ["v", "p_high", "p_low", "topic", "outside_b", "outside_a"]
-    assert order[-1].tier == NOT_NOMINATED and order[-1].label is None and order[-1].evidence_score is None
-    assert order[0].tier == LABEL_ORDER["verbatim"]
+def _ev(label: str, score: float, coverage: float = 0.0, longest: int = 0, similarity: float = 0.5) -> Evidence:
+    return Evidence(label=label, similarity=similarity, longest_span_tokens=longest, span_coverage=coverage,
+                    score=score)
 
 
-def test_value_reorders_near_ties_inside_a_label_only():
+PLAIN = dict(copied_min_coverage=0.5, copied_min_span_words=12)  # explicit, so the tests do not read thresholds.json
+
+
+def _ids(order) -> list[str]:
+    return [e.doc_id for e in order]
+
+
+def test_only_a_largely_copied_output_outranks_everything():
+    """One shared 9-word phrase labels a chapter verbatim, but it does not put it above the better-scored
+    documents; half the output covered, or one 12-word span, does."""
     evidence = {
-        "v": _evidence("verbatim", 0.95),
-        "p_a": _evidence("paraphrase", 0.90),
-        "p_b": _evidence("paraphrase", 0.85),
-        "p_far": _evidence("paraphrase", 0.40),
+        "phrase": _ev("verbatim", 0.10, coverage=0.20, longest=9),  # the label's span rule, nothing more
+        "source": _ev("topic", 0.50, coverage=0.20, longest=4),
+        "half": _ev("verbatim", 0.05, coverage=0.60, longest=5),  # the label's coverage rule
+        "long": _ev("verbatim", 0.02, coverage=0.25, longest=12),
     }
-    specific = {"v": 0.0, "p_a": 1.0, "p_b": 4.0, "p_far": 4.0}  # largest nominated: 4 -> relative 1
-    order = combine_rankings(evidence, specific, CombineSettings(value_weight=0.1))
-    # p_b: 0.85 + 0.1 * 1 = 0.95 beats p_a: 0.90 + 0.1 * 0.25 = 0.925; p_far (0.50) stays behind
-    assert [e.doc_id for e in order] == ["v", "p_b", "p_a", "p_far"]
-    assert order[1].relative_value == 1.0 and order[2].relative_value == 0.25
-    assert order[1].key == pytest.approx(0.95)
-    # however large the weight, no document passes one with a better label
-    huge = combine_rankings(evidence, specific, CombineSettings(value_weight=100.0))
-    assert huge[0].doc_id == "v"
+    order = combine_rankings(evidence, {}, CombineSettings(value_weight=0.0, coverage_weight=0.0, **PLAIN))
+    assert _ids(order) == ["half", "long", "source", "phrase"]  # copied by score (0.05, 0.02), then the rest
+    assert [e.tier for e in order] == [COPIED, COPIED, RELATED, RELATED]
+    # a paraphrase score alone, however high, never makes a document copied
+    order = combine_rankings({"p": _ev("paraphrase", 0.99, coverage=0.45, longest=11), **evidence}, {},
+                             CombineSettings(value_weight=0.0, coverage_weight=0.0, **PLAIN))
+    assert order[2].doc_id == "p" and order[2].tier == RELATED
+
+
+def test_without_coverage_and_value_the_related_tier_keeps_the_evidence_order():
+    """The paraphrase label is a threshold on the score, so ordering paraphrase and topic documents by
+    score alone is the evidence's order (label, then score)."""
+    evidence = {
+        "t_low": _ev("topic", 0.30),
+        "p_low": _ev("paraphrase", 0.70),
+        "t_high": _ev("topic", 0.60),
+        "p_high": _ev("paraphrase", 0.90),
+        "u": _ev("unrelated", 0.65, similarity=0.1),
+    }
+    specific = {"t_low": 9.0, "p_low": 0.0, "outside_a": 2.0, "outside_b": 7.0}
+    order = combine_rankings(evidence, specific, CombineSettings(value_weight=0.0, coverage_weight=0.0, **PLAIN))
+    assert _ids(order) == ["p_high", "p_low", "t_high", "t_low", "u", "outside_b", "outside_a"]
+    assert [e.tier for e in order] == [RELATED] * 4 + [UNRELATED] + [NOT_NOMINATED] * 2
+    assert order[-1].label is None and order[-1].evidence_score is None
+
+
+def test_value_crosses_the_paraphrase_topic_boundary_by_at_most_its_weight():
+    specific = {"para": 1.0, "topic": 4.0, "far": 4.0}  # largest nominated 4: relative 0.25, 1, 1
+    evidence = {"para": _ev("paraphrase", 0.90), "topic": _ev("topic", 0.55), "far": _ev("topic", 0.30)}
+    order = combine_rankings(evidence, specific, CombineSettings(value_weight=0.5, coverage_weight=0.0, **PLAIN))
+    # topic 0.55 + 0.5 = 1.05 passes para 0.90 + 0.125 = 1.025; far 0.30 + 0.5 = 0.80 does not
+    assert _ids(order) == ["topic", "para", "far"]
+    assert order[0].key == pytest.approx(1.05) and order[1].relative_value == 0.25
+    # a margin larger than the weight stands: 0.99 + 0 against 0.45 + 0.5
+    settings = CombineSettings(value_weight=0.5, coverage_weight=0.0, **PLAIN)
+    order = combine_rankings({"para": _ev("paraphrase", 0.99), "topic": _ev("topic", 0.45)},
+                             {"para": -1.0, "topic": 2.0}, settings)
+    assert _ids(order) == ["para", "topic"]
+
+
+def test_shared_span_coverage_counts_with_its_weight():
+    evidence = {"similar": _ev("paraphrase", 0.70), "spans": _ev("topic", 0.40, coverage=0.20, longest=8)}
+    no_value = dict(value_weight=0.0, **PLAIN)
+    order = combine_rankings(evidence, {}, CombineSettings(coverage_weight=1.0, **no_value))
+    assert _ids(order) == ["similar", "spans"]  # 0.40 + 0.20 < 0.70
+    # 0.40 + 3 x 0.20 = 1.00 > 0.70
+    order = combine_rankings(evidence, {}, CombineSettings(coverage_weight=3.0, **no_value))
+    assert _ids(order) == ["spans", "similar"] and order[0].key == pytest.approx(1.0)
+
+
+def test_no_weight_moves_a_document_out_of_its_tier():
+    evidence = {"copy": _ev("verbatim", 0.30, coverage=0.9, longest=30), "rel": _ev("topic", 0.6, coverage=0.3),
+                "unrel": _ev("unrelated", 0.2, similarity=0.1)}
+    specific = {"copy": 0.0, "rel": 0.0, "unrel": 5.0, "outside": 100.0}
+    order = combine_rankings(evidence, specific, CombineSettings(value_weight=100.0, coverage_weight=100.0, **PLAIN))
+    assert _ids(order) == ["copy", "rel", "unrel", "outside"]
 
 
 def test_negative_values_count_as_zero_and_missing_values_too():
-    evidence = {"a": _evidence("topic", 0.50), "b": _evidence("topic", 0.49), "c": _evidence("topic", 0.48)}
-    order = combine_rankings(evidence, {"a": -3.0, "b": 2.0}, CombineSettings(value_weight=0.05))
-    assert [e.doc_id for e in order] == ["b", "a", "c"]  # b: 0.49 + 0.05; a and c: + 0
+    evidence = {"a": _ev("topic", 0.50), "b": _ev("topic", 0.49), "c": _ev("topic", 0.48)}
+    order = combine_rankings(evidence, {"a": -3.0, "b": 2.0}, CombineSettings(value_weight=0.05, **PLAIN))
+    assert _ids(order) == ["b", "a", "c"]  # b: 0.49 + 0.05; a and c: + 0
     assert order[1].relative_value == 0.0 and order[2].specific_value is None
 
 
-def test_settings_refuse_a_negative_or_nan_weight():
+def test_settings_refuse_bad_values():
     for bad in (-0.1, float("nan")):
         with pytest.raises(TargetError, match="value_weight"):
             CombineSettings(value_weight=bad)
+        with pytest.raises(TargetError, match="coverage_weight"):
+            CombineSettings(coverage_weight=bad)
+    with pytest.raises(TargetError, match="copied_min_span_words"):
+        CombineSettings(copied_min_span_words=0)
+    for bad in (0.0, 1.5, float("nan")):
+        with pytest.raises(TargetError, match="copied_min_coverage"):
+            CombineSettings(copied_min_coverage=bad)
+
+
+def test_copied_tier_uses_the_calibrated_verbatim_coverage():
+    shipped = json.loads(THRESHOLDS_PATH.read_text(encoding="utf-8"))["verbatim"]["min_coverage"]
+    assert CombineSettings().copied_min_coverage == shipped
 
 
 # -- query(order="combined") -----------------------------------------------------------------------------
@@ -151,8 +209,8 @@ def test_query_in_combined_order(indexed_run, loaded_index):
                    align_top=0)
     assert result.order == "combined" and result.attributed
     assert any("combined order" in note for note in result.notes)
-    tiers = [LABEL_ORDER[r.evidence.label] for r in result.rows]
-    assert tiers == sorted(tiers)  # the evidence label stays the first key
+    tiers = [evidence_tier(r.evidence, CombineSettings()) for r in result.rows]
+    assert tiers == sorted(tiers)  # the tier (copied, related, unrelated) stays the first key
     assert result.rows[0].doc_id == "bible:kjv-genesis"  # contains the target word for word
     specific = specific_values(cv, TARGET_ID)
     positive = sum(v for v in VALUES.values() if v > 0)
