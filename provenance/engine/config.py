@@ -21,7 +21,8 @@ class EngineConfig:
     value_dtype: dtype of the value computation; None = float64 for float64 models, else float32.
     memory_budget_mb: cap on transient per-player gradient blocks (the per-player route); the buffer is
         reused across steps, so it sits on top of the forward pass's peak. It fixes the summation order of
-        the batch gradient, so a replay takes it from the run's manifest.
+        the batch gradient, so a replay takes it from the run's manifest. Target-direction buffers (K x a
+        parameter's size) kept for the next step are capped by the same amount.
     keep_rows_mb: cap on per-row gradients kept from backward for values taken after it (second order,
         Adam "current", many targets): within it, the per-row blocks that form the batch gradient anyway are
         kept ("stored" route: no extra matmul, memory rows x parameters); above it, they are re-derived

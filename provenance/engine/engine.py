@@ -330,6 +330,7 @@ class AttributionEngine:
 
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        self._pool.trim(int(self.config.memory_budget_mb * 2**20))
         return StepResult(
             loss=step_loss,
             n_tokens=total_weight,
@@ -737,6 +738,19 @@ class _BufferPool:
 
     def give(self, buffer: torch.Tensor) -> None:
         self._free.append(buffer)
+
+    def trim(self, max_bytes: int) -> None:
+        """Keep the smallest buffers up to max_bytes in all for the next step and free the rest: what stays
+        sits on top of the next forward pass's activation peak (with many targets, K x a large parameter
+        would), while a freed one costs page faults again when it is next taken."""
+        kept, total = [], 0
+        for buffer in sorted(self._free, key=lambda b: b.numel() * b.element_size()):
+            size = buffer.numel() * buffer.element_size()
+            if total + size > max_bytes:
+                break
+            kept.append(buffer)
+            total += size
+        self._free = kept
 
     def clear(self) -> None:
         self._free.clear()
