@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -135,3 +136,19 @@ def test_train_with_calibrated_sketches_without_embeddings(tmp_path):
     answer = runner.invoke(app, ["approximate", "--run", str(run), "--text", "sea wind", "--format", "json"])
     assert answer.exit_code == 0, answer.output
     assert json.loads(answer.output)["label"].startswith("approximate")
+
+
+def test_cli_turns_on_huge_pages_for_torch_before_torch_is_imported():
+    """torch reads THP_MEM_ALLOC_ENABLE once, at its first allocation: the CLI module must set it before
+    anything imports torch, and leave a user's own setting alone."""
+    import subprocess
+    import sys
+
+    code = ("import os, sys; import provenance.cli; "
+            "print('torch' in sys.modules, os.environ.get('THP_MEM_ALLOC_ENABLE'))")
+    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.split() == ["False", "1"]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**env, "THP_MEM_ALLOC_ENABLE": "0"}, check=True)
+    assert out.stdout.split() == ["False", "0"]
