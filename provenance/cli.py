@@ -23,8 +23,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # is set before anything imports torch). The engine allocates hundreds of MB of per-row blocks and target
 # directions every step; with 4 KiB pages their page faults cost more than the arithmetic they hold
 # (bench/engine.py, first order: 1.20 -> 1.07 x plain training, which runs with it too, in one pair of runs;
-# 1.07-1.19 over three). The numbers are
-# unchanged (checked bitwise); THP_MEM_ALLOC_ENABLE=0 in the environment turns it off.
+# 1.07-1.19 over three). The numbers are unchanged (checked bitwise); THP_MEM_ALLOC_ENABLE=0 turns it off.
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 from provenance.errors import ProvenanceError, VerificationError  # noqa: E402

@@ -35,7 +35,7 @@ from ..errors import BatchError, NonFiniteLossError
 from . import rules  # noqa: F401  (registers the layer rules)
 from .capture import Capturer, CaptureStore, Record
 from .config import EngineConfig
-from .optimizers import Linearization, _transposed_view, check_optimizer, linearize, needs_gradient
+from .optimizers import Linearization, check_optimizer, linearize, needs_gradient
 from .registry import LayerRule, tracked_modules
 from .task import CausalLMTask, Task
 
@@ -707,12 +707,9 @@ def _with_second_order(first: torch.Tensor, buffer: torch.Tensor, entry: Lineari
     numel = first.numel()
     if first.data_ptr() != buffer.data_ptr() or buffer.numel() < 2 * numel:
         return torch.cat([first, entry.direction(hvp)])
-    if first.is_contiguous():
-        z = buffer[: 2 * numel].view(2 * k, *first.shape[1:])
-    elif _transposed_view(first):
-        z = buffer[: 2 * numel].view(2 * k, first.shape[2], first.shape[1]).transpose(1, 2)
-    else:
+    if not first.is_contiguous():
         return torch.cat([first, entry.direction(hvp)])
+    z = buffer[: 2 * numel].view(2 * k, *first.shape[1:])
     z[k:].copy_(hvp)
     entry.scale_in_place(z[k:])
     return z

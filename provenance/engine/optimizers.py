@@ -52,87 +52,55 @@ class Linearization:
         return (g_v * self.precond.to(g_v.dtype)).mul_(self.scale)
 
     def scale_in_place(self, g: torch.Tensor) -> torch.Tensor:
-        """g *= coef, in g's own memory order (strided reads of coef over a transposed view are slow)."""
+        """g *= coef; g holds K directions shaped (and laid out) like the parameter."""
         if self.precond is None:
             return g.mul_(self.scale)
-        memory, flip = _memory_order(g)
-        memory.mul_(_in_layout(self.precond, flip, g.dtype, self.scale))
-        return g
+        return g.mul_(_scaled(self.precond, g.dtype, self.scale))
 
     def direction_and_history(self, g_v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(direction(g_v), -h . g_v per target), turning g_v into the direction in place: with K
         targets each is K x the parameter's size, and every pass over memory of that size costs on CPU.
-        h is formed once, in g_v's memory order (one buffer, no transposed copies), and dotted with g_v
-        before g_v is scaled: two passes over the K directions in all."""
+        h is formed once and dotted with g_v before g_v is scaled: two passes over the K directions."""
         if self.scale == 0:  # no step: z = 0, only the decay part of h remains
             decay_part = -self.decay * _dots(g_v, self.param.detach().to(g_v.dtype))
             return g_v.zero_(), decay_part
-        k = g_v.shape[0]
-        memory, flip = _memory_order(g_v)
-        h = self._history_in_layout(flip, g_v.dtype)
-        history = torch.zeros(k, dtype=g_v.dtype) if h is None else -(memory.reshape(k, -1) @ h.reshape(-1))
+        h = self._history(g_v.dtype)
+        history = torch.zeros(g_v.shape[0], dtype=g_v.dtype) if h is None else -_dots(g_v, h)
         del h
         self.scale_in_place(g_v)
         return g_v, history
 
-    def _history_in_layout(self, flip: bool, dtype: torch.dtype) -> torch.Tensor | None:
-        """h = decay * p + momentum_scale * momentum * precond + l2_scale * p * precond as one contiguous
-        tensor laid out like the parameter (flip=False) or like its transpose (flip=True); None if h = 0."""
+    def history(self) -> torch.Tensor:
+        """h itself (only the second order needs it materialized)."""
+        h = self._history(self.param.dtype)
+        return torch.zeros_like(self.param.detach()) if h is None else h
+
+    def _history(self, dtype: torch.dtype) -> torch.Tensor | None:
+        """h = decay * p + momentum_scale * momentum * precond + l2_scale * p * precond as one new tensor
+        (None if h = 0), formed in place term by term."""
         param = self.param.detach()
         precond = self.precond
         h = None
         if self.momentum is not None and self.momentum_scale:
-            h = _in_layout(self.momentum, flip, dtype, self.momentum_scale)
+            h = _scaled(self.momentum, dtype, self.momentum_scale)
             if precond is not None:
-                h.mul_(precond.T if flip else precond)
+                h.mul_(precond)
         if self.l2_scale:  # Adam's L2 (non-decoupled) weight decay: precond is set
-            term = _in_layout(param, flip, dtype, self.l2_scale).mul_(precond.T if flip else precond)
+            term = _scaled(param, dtype, self.l2_scale).mul_(precond)
             h = term if h is None else h.add_(term)
         if self.decay:
-            if h is None:
-                h = _in_layout(param, flip, dtype, self.decay)
-            else:
-                h.add_(param.T if flip else param, alpha=self.decay)
+            h = _scaled(param, dtype, self.decay) if h is None else h.add_(param, alpha=self.decay)
         return h
 
-    def history(self) -> torch.Tensor:
-        """h itself (only the second order needs it materialized)."""
-        out = self.param.detach() * self.decay
-        pre = 1.0 if self.precond is None else self.precond
-        if self.momentum is not None and self.momentum_scale:
-            out = out + self.momentum_scale * self.momentum * pre
-        if self.l2_scale:
-            out = out + self.l2_scale * self.param.detach() * pre
-        return out
 
-
-def _memory_order(stacked: torch.Tensor) -> tuple[torch.Tensor, bool]:
-    """(a view of `stacked` that is contiguous, whether it is the transpose of `stacked`'s last two dims)."""
-    if _transposed_view(stacked):
-        return stacked.transpose(1, 2), True
-    return stacked, False
-
-
-def _in_layout(t: torch.Tensor, flip: bool, dtype: torch.dtype, factor: float) -> torch.Tensor:
-    """factor * t as a new contiguous tensor, laid out as t or (flip) as t's transpose: one pass, whose
-    strided reads replace a multiply followed by a transposed copy."""
-    source = t.T if flip else t
-    out = torch.empty(source.shape, dtype=dtype)
-    return torch.mul(source, factor, out=out)
-
-
-def _transposed_view(stacked: torch.Tensor) -> bool:
-    """True for a (K, a, b) view whose memory is a contiguous (K, b, a) tensor (GPT-2 Conv1D's layout)."""
-    return not stacked.is_contiguous() and stacked.dim() == 3 and stacked.transpose(1, 2).is_contiguous()
+def _scaled(t: torch.Tensor, dtype: torch.dtype, factor: float) -> torch.Tensor:
+    """factor * t as a new tensor of `dtype`, in one pass."""
+    return torch.mul(t, factor, out=torch.empty(t.shape, dtype=dtype))
 
 
 def _dots(stacked: torch.Tensor, single: torch.Tensor) -> torch.Tensor:
-    """(K,) dots of each stacked[k] with `single`, reading `stacked` in its own memory order (a transposed
-    view stays uncopied; `single`, one parameter's size, is the one reordered when needed)."""
-    k = stacked.shape[0]
-    if _transposed_view(stacked):
-        return stacked.transpose(1, 2).reshape(k, -1) @ single.T.reshape(-1)
-    return stacked.reshape(k, -1) @ single.reshape(-1)
+    """(K,) dots of each stacked[k] with `single`."""
+    return stacked.reshape(stacked.shape[0], -1) @ single.reshape(-1)
 
 
 def _scalar(value) -> float:
