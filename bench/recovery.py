@@ -15,6 +15,7 @@ See docs/recovery.md; corpus and targets: bench/recovery_targets.py; rankings: b
     python bench/recovery.py --json     # one JSON line
     python bench/recovery.py --quick    # tiny smoke run (about a minute)
     python bench/recovery.py --hard     # the harder benchmark (4,444 documents; trained in ~48 min here, one thread)
+    python bench/recovery.py --fresh    # the hard corpus with 60 fresh same-topic targets (out-of-sample test)
 """
 
 from __future__ import annotations
@@ -39,11 +40,12 @@ from recovery_rankings import (  # noqa: E402
     parallel_queries, rank_of, summarize,
 )
 from recovery_run import FULL_CONFIG, HARD_CONFIG, QUICK_CONFIG, check_reusable, ensure_index, train_run  # noqa: E402
-from recovery_targets import KINDS, QUICK_SPEC, BenchSpec, build_benchmark, hard_spec  # noqa: E402
+from recovery_targets import KINDS, QUICK_SPEC, BenchSpec, build_benchmark, fresh_spec, hard_spec  # noqa: E402
 
 RUN_ID = "recovery-bench"
 QUICK_RUN_ID = "recovery-bench-quick"
 HARD_RUN_ID = "recovery-bench-hard"
+FRESH_RUN_ID = "recovery-bench-fresh"
 QUICK_MIN_REFERENCE = 4  # the smoke run registers 7 targets; the real floor (20) is for meaningful figures
 CHECKPOINT_STEPS = (50, 100, 200, 300, 400, 500, 650, 800, 1100)  # value ranks from the partial sums (training length)
 
@@ -133,6 +135,8 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         spec, config, run_id = QUICK_SPEC, QUICK_CONFIG, QUICK_RUN_ID
     elif args.hard:
         spec, config, run_id = hard_spec(), HARD_CONFIG, HARD_RUN_ID
+    elif args.fresh:
+        spec, config, run_id = fresh_spec(), HARD_CONFIG, FRESH_RUN_ID
     else:
         spec, config, run_id = BenchSpec(), FULL_CONFIG, RUN_ID
     bench = build_benchmark(spec)
@@ -201,21 +205,23 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         ],
         "seconds": round(time.perf_counter() - started, 1),
     }
-    out["goals"] = goals(metrics)
+    # on the fresh targets nothing is fitted: the shipped defaults are the out-of-sample figure
+    out["goals"] = goals(metrics, combined="combined_default" if args.fresh else "combined")
     return out
 
 
-def goals(metrics: dict) -> dict:
+def goals(metrics: dict, combined: str = "combined") -> dict:
     """The issue's bar: combined beats the best text-only baseline on paraphrase and topic (recall@1 >= 0.97 /
-    >= 0.9), value alone recall@10 >= 0.9 on paraphrase."""
+    >= 0.9), value alone recall@10 >= 0.9 on paraphrase. ``combined``: which combined ranking is judged."""
     result = {}
     for kind, floor in (("paraphrase", 0.97), ("topic", 0.9)):
-        if kind not in metrics["combined"]:
+        if kind not in metrics[combined]:
             continue
         best = max(metrics[b][kind]["recall_at_1"] for b in TEXT_ONLY)
-        mine = metrics["combined"][kind]["recall_at_1"]
-        result[f"combined_{kind}_recall_at_1"] = {"value": mine, "best_text_only": best, "floor": floor,
-                                                  "beats_text_only": mine > best, "met": mine > best and mine >= floor}
+        mine = metrics[combined][kind]["recall_at_1"]
+        result[f"combined_{kind}_recall_at_1"] = {"ranking": combined, "value": mine, "best_text_only": best,
+                                                  "floor": floor, "beats_text_only": mine > best,
+                                                  "met": mine > best and mine >= floor}
     for name in ("value", "value_specific"):
         if "paraphrase" in metrics.get(name, {}):
             r10 = metrics[name]["paraphrase"]["recall_at_10"]
@@ -287,11 +293,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a tiny smoke run (small corpus, few targets)")
     parser.add_argument("--hard", action="store_true",
                         help="the harder benchmark (whole WEB but Luke/John, 60 paraphrase targets; ~55 min to train, one thread)")
+    parser.add_argument("--fresh", action="store_true",
+                        help="the hard corpus with 60 same-topic targets not used to design the combined order "
+                             "(data/pairs/fresh_parallels.json); judged at the shipped CombineSettings()")
     parser.add_argument("--reuse", action="store_true", help="reuse the cached trained run instead of training")
     parser.add_argument("--runs-dir", default="attribution_runs", help="where the benchmark run is cached")
     args = parser.parse_args(argv)
-    if args.quick and args.hard:
-        parser.error("pass at most one of --quick and --hard")
+    if args.quick + args.hard + args.fresh > 1:
+        parser.error("pass at most one of --quick, --hard and --fresh")
     out = run_benchmark(args)
     if args.json:
         print(json.dumps(out))

@@ -51,6 +51,12 @@ class EngineConfig:
         (default). False reproduces runs recorded before this setting existed, which handed GPT-2 Conv1D
         weights a transposed view: clipping and AdamW then sum and round in another order, so a replay
         must use the run's own setting (trainer.engine_config reads it from the manifest).
+    release_memory: before each step's forward pass, return the memory earlier steps freed to the OS
+        (glibc's malloc_trim; a no-op elsewhere). glibc keeps freed chunks under 32 MB resident, so the
+        engine's transient memory (per-row blocks kept until backward ends, directions) otherwise stays
+        under the next forward pass and sets the process's peak: with it, every benchmark configuration
+        stayed under 1.3x plain training's peak RSS (docs/engine.md). Costs page faults on the next step;
+        numbers are unchanged. Off by default.
     """
 
     order: Literal[1, 2] = 1
@@ -63,6 +69,7 @@ class EngineConfig:
     weight_gradients: Literal["auto", "per_row", "matmul"] = "auto"
     adam_denominator: Literal["current", "previous"] = "current"
     contiguous_grads: bool = True
+    release_memory: bool = False
 
     def __post_init__(self) -> None:
         if self.order not in (1, 2):
@@ -99,4 +106,5 @@ class EngineConfig:
             "weight_gradients": self.weight_gradients,
             "adam_denominator": self.adam_denominator,
             "contiguous_grads": self.contiguous_grads,
+            "release_memory": self.release_memory,
         }

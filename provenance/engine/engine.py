@@ -35,6 +35,7 @@ from ..errors import BatchError, NonFiniteLossError
 from . import rules  # noqa: F401  (registers the layer rules)
 from .capture import Capturer, CaptureStore, Record
 from .config import EngineConfig
+from .heap import release_free_heap
 from .optimizers import Linearization, check_optimizer, linearize, needs_gradient
 from .registry import LayerRule, tracked_modules
 from .task import CausalLMTask, Task
@@ -212,6 +213,8 @@ class AttributionEngine:
             micro_batches = [micro_batches]
         if len(micro_batches) == 0:
             raise BatchError("step() got no micro-batches; pass at least one batch with at least one row")
+        if self.config.release_memory:
+            release_free_heap()  # what the previous step freed, before this forward pass (heap.py)
         sizes = [self.task.batch_size(mb) for mb in micro_batches]
         if any(size == 0 for size in sizes):
             raise BatchError(f"empty micro-batch (rows per micro-batch: {sizes}); every micro-batch needs rows")
@@ -614,22 +617,35 @@ class AttributionEngine:
                 u.append((entry.history() - 0.5 * entry.coef * p.grad.detach()).to(p.dtype))
             else:
                 u.append(torch.zeros_like(p))
-        out = {id(p): [] for p in params}
+        # Each target's products go straight into (K, *shape) tensors (with one target, they are them), and the
+        # first-derivative graph is dropped before the second backward: all of this sits on top of the step's
+        # memory peak (the kept per-row blocks), where a list stacked at the end held two copies.
+        k = self._num_targets
+        out: dict[int, torch.Tensor] = {}
         was_training = self.model.training
         with torch.random.fork_rng(devices=[]):
             self.model.eval()
             try:
-                for j in range(self._num_targets):
+                for j in range(k):
                     single = self.task.select_targets(self._targets, [j])
                     loss = self.task.target_losses(self.model, single)[0]
                     grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
                     inner = sum((g * v).sum() for g, v in zip(grads, u) if g is not None)
-                    hv = torch.autograd.grad(inner, params, allow_unused=True)
-                    for p, h in zip(params, hv):
-                        out[id(p)].append(torch.zeros_like(p) if h is None else h.detach())
+                    del grads, loss
+                    hv = list(torch.autograd.grad(inner, params, allow_unused=True))
+                    del inner
+                    for i, p in enumerate(params):
+                        h, hv[i] = hv[i], None
+                        if k == 1:
+                            out[id(p)] = torch.zeros(1, *p.shape, dtype=p.dtype) if h is None else h.unsqueeze(0)
+                            continue
+                        if id(p) not in out:
+                            out[id(p)] = torch.zeros(k, *p.shape, dtype=p.dtype)
+                        if h is not None:
+                            out[id(p)][j].copy_(h)
             finally:
                 self.model.train(was_training)
-        return {key: torch.stack(value) for key, value in out.items()}
+        return out
 
     def _values_after(self, train_store: CaptureStore, state: _StepState, lin, clip: float, k: int):
         """The "after" route: contract kept inputs/output gradients once the step's direction is known."""

@@ -95,6 +95,29 @@ def test_hard_benchmark_has_the_harder_shape(modules):
     assert all(set(t.sources) <= docs for t in bench.targets)
 
 
+def test_fresh_benchmark_asks_about_pericopes_the_combined_order_never_saw(modules):
+    """The fresh topic targets are an out-of-sample test: none of their pericopes, and no verse their
+    tellers' accounts use, is in hand_lists.json (where the order's fitting queries and the hard targets
+    come from); the rest of the benchmark is the hard one."""
+    rt = modules["recovery_targets"]
+    pairs = PAIRS.parent
+    fresh = json.loads((pairs / "fresh_parallels.json").read_text(encoding="utf-8"))["gospel_parallels"]
+    seen = json.loads((pairs / "hand_lists.json").read_text(encoding="utf-8"))["gospel_parallels"]
+    assert not set(fresh) & set(seen)
+    seen_verses = {(book, *rt._parse_range(r)) for books in seen.values() for book, r in books.items()}
+    for name, books in fresh.items():
+        for book, verses in books.items():
+            chapter, lo, hi = rt._parse_range(verses)
+            overlaps = [s for s in seen_verses if s[:2] == (book, chapter) and s[2] <= hi and s[3] >= lo]
+            assert not overlaps, (name, book, verses, overlaps)
+    bench, hard = rt.build_benchmark(rt.fresh_spec()), rt.build_benchmark(rt.hard_spec())
+    assert bench.corpus.sha256 == hard.corpus.sha256
+    topic = [t for t in bench.targets if t.kind == "topic"]
+    assert len(topic) == 60 and all(t.origin.split("(")[-1].rstrip(")") in fresh for t in topic)
+    others = [t.to_json() for t in bench.targets if t.kind in ("verbatim", "paraphrase")]
+    assert others == [t.to_json() for t in hard.targets if t.kind in ("verbatim", "paraphrase")]
+
+
 def test_quick_run_prints_one_json_line(modules, tmp_path, capsys):
     assert modules["recovery"].main(["--quick", "--json", "--runs-dir", str(tmp_path)]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
