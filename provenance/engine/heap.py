@@ -5,9 +5,9 @@ process heap for reuse. The engine's transient memory (per-row blocks kept in 16
 ends, kept inputs, target directions) then stays resident into the next step's forward pass, under its
 activations, and that sum sets the process's peak. Calling ``malloc_trim`` before each forward pass
 returns it; the price is that the next step faults that memory in again. Measured at the benchmark size
-(bench/engine.py, 2 threads, side by side the same hour, peak RSS / step time as multiples of plain
-training): second order 1.34 -> 1.27 in memory but 1.35 -> 1.53 in time; see docs/engine.md. Elsewhere
-than glibc this is a no-op.
+(bench/engine.py, peak RSS as a multiple of plain training's): second order 1.34 -> 1.26, 16 targets
+1.34 -> 1.15; the time cost was smaller than the run-to-run spread of the same hour (docs/engine.md), so
+it is off by default. Elsewhere than glibc this is a no-op.
 """
 
 from __future__ import annotations
