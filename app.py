@@ -650,10 +650,12 @@ def show_run(folder: Path) -> None:
             if len(ids) > MIN_REFERENCE_TARGETS:  # the combined order contrasts with >= 20 other targets
                 ranking = sidebar.radio(
                     "Rank documents by", list(RANKINGS), key=f"ranking:{path}", format_func=RANKINGS.get,
-                    help="value: the In-Run Data Shapley value, largest first. combined: the evidence label "
-                         "first (verbatim, paraphrase, topic), then the evidence score plus the document's "
-                         "target-specific value (its value for this output against the run's other targets); "
-                         "the value and share columns stay the raw values (docs/evidence.md).")
+                    help="value: the In-Run Data Shapley value, largest first. combined: documents the output "
+                         "is largely copied from first, then by text match (BM25) and evidence score, the "
+                         "document's target-specific value (its value for this output against the run's other "
+                         "targets) deciding close calls. On same-topic outputs it finds the source about as "
+                         "often as text search alone does. The value and share columns stay the raw values "
+                         "(docs/evidence.md).")
             show_output(folder, fingerprint, facts, target_id, None, top_k, targets, ranking=ranking)
     else:
         text = sidebar.text_area("Output text", key="query_text", height=200,

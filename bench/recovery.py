@@ -174,7 +174,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     base = CombineSettings()
     if order_fit is not None:
         base = replace(base, coverage_weight=order_fit["coverage_weight"],
-                       copied_min_span_words=order_fit["copied_min_span_words"])
+                       copied_min_span_words=order_fit["copied_min_span_words"], text_weight=order_fit["text_weight"])
     results, fitted = add_combined(results, index.doc_index, base=base)
     metrics = summarize(results, KINDS)
     log = read_table(run.train_log_path, "train_log")
@@ -251,16 +251,17 @@ def print_table(out: dict) -> None:
     fit = out["evidence_order_fit"]
     if fit is not None:
         best = next(g for g in fit["grid"] if g["copied_min_span_words"] == fit["copied_min_span_words"]
-                    and g["coverage_weight"] == fit["coverage_weight"])
+                    and g["coverage_weight"] == fit["coverage_weight"] and g["text_weight"] == fit["text_weight"])
         print(f"\ncombined, evidence part fitted on {fit['n_queries']} Matthew/Mark parallel queries (not targets; "
               f"value weight 0): copied_min_span_words {fit['copied_min_span_words']}, coverage_weight "
-              f"{fit['coverage_weight']} (recall@1 {best['recall_at_1']}, mean rank {best['mean_rank']})")
+              f"{fit['coverage_weight']}, text_weight {fit['text_weight']} (recall@1 {best['recall_at_1']}, "
+              f"mean rank {best['mean_rank']})")
     print(f"combined: value weight fitted per fold {w['fold_weights']} (grid {w['weight_grid']}; the rows of "
           f"`combined` are ranked with the other fold's weight; coverage_weight {w['coverage_weight']}, "
-          f"copied_min_span_words {w['copied_min_span_words']}); fitted on all targets "
-          f"{w['weight_fitted_on_all_targets']}; `combined_default` uses the API defaults (value_weight "
+          f"copied_min_span_words {w['copied_min_span_words']}, text_weight {w['text_weight']}); fitted on all "
+          f"targets {w['weight_fitted_on_all_targets']}; `combined_default` uses the API defaults (value_weight "
           f"{w['default_weight']}, coverage_weight {w['default_coverage_weight']}, copied_min_span_words "
-          f"{w['default_copied_min_span_words']})")
+          f"{w['default_copied_min_span_words']}, text_weight {w['default_text_weight']})")
     print("\nvalue ranking by training length (values summed up to step s of the same run):")
     for step, kinds in out["value_by_step"].items():
         print(f"  step {step:>4}: " + "  ".join(

@@ -172,16 +172,9 @@ class Ranker:
         return scores, tier, labels
 
     def bm25_scores(self, text: str) -> np.ndarray:
-        import bm25s
+        from provenance.evidence.answer import document_bm25_scores
 
-        tokens = bm25s.tokenize([text], stopwords="en", show_progress=False, return_ids=False)[0]
-        vocab = self.index.bm25.vocab_dict
-        tokens = [t for t in tokens if t in vocab]
-        doc_scores = np.zeros(self.n_docs)
-        if tokens:
-            passage_scores = np.asarray(self.index.bm25.get_scores(tokens), dtype=np.float64)
-            np.maximum.at(doc_scores, self.index.passage_doc, passage_scores)
-        return doc_scores
+        return document_bm25_scores(self.index, text)
 
     def dense_scores(self, prepared) -> np.ndarray:
         sims = np.asarray(self.index.embeddings, dtype=np.float32) @ np.asarray(prepared.vectors, dtype=np.float32).T
@@ -295,14 +288,17 @@ def add_combined(
     info = {"weight_grid": list(weights), "fold_weights": {str(f): w for f, w in fitted.items()},
             "weight_fitted_on_all_targets": all_targets, "default_weight": default_weight,
             "coverage_weight": base.coverage_weight, "copied_min_span_words": base.copied_min_span_words,
+            "text_weight": base.text_weight,
             "default_coverage_weight": CombineSettings().coverage_weight,
-            "default_copied_min_span_words": CombineSettings().copied_min_span_words}
+            "default_copied_min_span_words": CombineSettings().copied_min_span_words,
+            "default_text_weight": CombineSettings().text_weight}
     return out, info
 
 
 # -- the evidence-order parameters, fitted on other targets than the benchmark's -------------------------
 COVERAGE_GRID = (0.0, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0)  # candidate coverage weights of the combined order
 SPAN_GRID = (9, 10, 12, 15, 20, 10**6)  # candidate copied_min_span_words (9 = the verbatim label's rule; 10**6 = off)
+TEXT_GRID = (0.0, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0)  # candidate text (BM25) weights of the combined order
 PARALLEL_MAX_CHARS = 330  # the query text: the first verses of the pericope, as the topic targets are cut
 
 
@@ -344,21 +340,22 @@ def parallel_queries(index) -> list[tuple[str, CombineInputs]]:
 def fit_evidence_order(
     queries: list[tuple[str, CombineInputs]], doc_index: dict[str, int],
     coverage_grid: tuple[float, ...] = COVERAGE_GRID, span_grid: tuple[int, ...] = SPAN_GRID,
+    text_grid: tuple[float, ...] = TEXT_GRID,
 ) -> dict:
-    """Fit (copied_min_span_words, coverage_weight) of the combined order on ``queries`` (value weight 0),
-    by the same criterion as the value weight; returns the grid's figures and the chosen pair."""
+    """Fit (copied_min_span_words, coverage_weight, text_weight) of the combined order on ``queries`` (value
+    weight 0), by the same criterion as the value weight; returns the grid's figures and the chosen setting."""
     table = {
-        (span, c): np.array([combined_rank(q, doc_index, CombineSettings(
-            value_weight=0.0, coverage_weight=c, copied_min_span_words=span))[0] for _, q in queries])
-        for span in span_grid for c in coverage_grid
+        (span, c, t): np.array([combined_rank(q, doc_index, CombineSettings(
+            value_weight=0.0, coverage_weight=c, copied_min_span_words=span, text_weight=t))[0] for _, q in queries])
+        for span in span_grid for c in coverage_grid for t in text_grid
     }
-    span, coverage = fit_weight(table)
+    span, coverage, text = fit_weight(table)
     return {
         "n_queries": len(queries),
-        "copied_min_span_words": int(span), "coverage_weight": float(coverage),
-        "grid": [{"copied_min_span_words": int(s), "coverage_weight": float(c),
+        "copied_min_span_words": int(span), "coverage_weight": float(coverage), "text_weight": float(text),
+        "grid": [{"copied_min_span_words": int(s), "coverage_weight": float(c), "text_weight": float(t),
                   "recall_at_1": round(float(np.mean(r <= 1)), 4), "mean_rank": round(float(np.mean(r)), 2)}
-                 for (s, c), r in table.items()],
+                 for (s, c, t), r in table.items()],
     }
 
 

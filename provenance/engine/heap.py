@@ -6,8 +6,9 @@ ends, kept inputs, target directions) then stays resident into the next step's f
 activations, and that sum sets the process's peak. Calling ``malloc_trim`` before each forward pass
 returns it; the price is that the next step faults that memory in again. Measured at the benchmark size
 (bench/engine.py, peak RSS as a multiple of plain training's): second order 1.34 -> 1.26, 16 targets
-1.34 -> 1.15; the time cost was smaller than the run-to-run spread of the same hour (docs/engine.md), so
-it is off by default. Elsewhere than glibc this is a no-op.
+1.34 -> 1.15; the time cost, measured in absolute step times of alternating runs, was +8% (first and
+second order) to +12% (16 targets) per step (docs/engine.md), so it is off by default. Elsewhere than
+glibc this is a no-op.
 """
 
 from __future__ import annotations

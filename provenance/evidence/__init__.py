@@ -9,7 +9,7 @@ Public API (see docs/evidence.md)::
     load_chunk_values(run_dir) -> ChunkValues             # per-chunk values (contributions summed over steps)
     specific_values(chunk_values, target_id, *, reference=None) -> pd.Series   # doc_id -> best chunk's z
     combine_rankings(evidence, specific, settings=CombineSettings()) -> list[CombinedEntry]
-    query(..., order="combined") uses the last two (copied documents first, then score + coverage + bounded value)
+    query(..., order="combined") uses the last two (copied documents first, then score + BM25 + coverage + bounded value)
 
 Heavy modules (FAISS, sentence-transformers) load on first use, so importing the schema stays cheap.
 """

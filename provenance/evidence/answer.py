@@ -8,9 +8,9 @@ passages (bm25s, vectorized scoring) and the n-gram index (verbatim candidates).
 text is not attributed yet and gives the command that attributes it.
 
 ``order="combined"`` ranks an attributed target's documents by the combined ranking instead
-(provenance.evidence.combine: largely copied documents first, then evidence score plus span coverage
-plus a bounded share of the document's target-specific value, provenance.evidence.specific); the value
-and share columns stay the raw values.
+(provenance.evidence.combine: largely copied documents first, then evidence score plus BM25 score (and
+span coverage, weight 0 by default) plus a bounded share of the document's target-specific value,
+provenance.evidence.specific); the value and share columns stay the raw values.
 """
 
 from __future__ import annotations
@@ -127,8 +127,8 @@ def query(
         rows, against = _combined_rows(index, prepared, values, specific, top_k, combine)
         notes.append(
             "rows in combined order: largely copied documents first, then evidence score + "
-            f"{combine.coverage_weight} x span coverage + {combine.value_weight} x relative target-specific "
-            "value; value and share are the raw values"
+            f"{combine.text_weight} x relative BM25 + {combine.coverage_weight} x span coverage + "
+            f"{combine.value_weight} x relative target-specific value; value and share are the raw values"
         )
         ledger = _ledger_summary(run, target_id)
         command = None
@@ -316,11 +316,28 @@ def _bm25_documents(index: EvidenceIndex, text: str) -> list[int]:
     return list(docs)
 
 
+def document_bm25_scores(index: EvidenceIndex, text: str) -> np.ndarray:
+    """Every document's BM25 score for ``text``: its best passage's (bm25s scores all passages in one
+    vectorized pass; the same tokenization as the BM25 channel). Zeros when no word of the text is indexed."""
+    import bm25s
+
+    tokens = bm25s.tokenize([text], stopwords="en", show_progress=False, return_ids=False)[0]
+    vocab = index.bm25.vocab_dict
+    tokens = [t for t in tokens if t in vocab]
+    doc_scores = np.zeros(len(index.doc_ids))
+    if tokens:
+        passage_scores = np.asarray(index.bm25.get_scores(tokens), dtype=np.float64)
+        np.maximum.at(doc_scores, index.passage_doc, passage_scores)
+    return doc_scores
+
+
 def candidate_evidence(index: EvidenceIndex, prepared: PreparedOutput) -> dict[str, Evidence]:
     """The evidence of every document the three channels nominate for one output (doc id -> Evidence,
-    at most MAX_CANDIDATES documents): the input of the evidence and combined rankings."""
+    at most MAX_CANDIDATES documents): the input of the evidence and combined rankings. Each carries the
+    document's BM25 score (the combined order's text term)."""
+    bm25 = document_bm25_scores(index, prepared.text)
     return {
-        index.doc_ids[d]: assess(prepared, index.document_view(d), index.thresholds)
+        index.doc_ids[d]: replace(assess(prepared, index.document_view(d), index.thresholds), bm25=float(bm25[d]))
         for d in _candidates(index, prepared)[:MAX_CANDIDATES]
     }
 

@@ -72,7 +72,7 @@ def query(
     order: QueryOrder = typer.Option(
         QueryOrder.value, "--order",
         help="Attributed targets: 'value' (raw value) or 'combined' (largely copied documents first, then "
-        "evidence score + span coverage + target-specific value; needs >= 20 other attributed targets).",
+        "BM25 + evidence score + target-specific value; needs >= 20 other attributed targets).",
     ),
     approximate: bool = typer.Option(
         False, "--approximate", help="A text without exact values: rank by values estimated in seconds from the "

@@ -60,6 +60,7 @@ class Evidence:
     score: float = 0.0  # calibrated paraphrase score in [0, 1] (logistic over the features below)
     overlap: float = 0.0  # fraction of the output's distinct content words found in the best passage
     n_output_words: int = 0  # words of the output the spans and coverage are counted against
+    bm25: float | None = None  # BM25 score of the document's best passage for the output (None: not computed)
 
 
 @dataclass(frozen=True)

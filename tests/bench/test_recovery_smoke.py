@@ -175,7 +175,7 @@ def test_combined_weight_is_fitted_on_the_other_fold(modules):
 
     def target(name: str, source: str) -> object:
         evidence = {d: Evidence(label="paraphrase", similarity=0.5, longest_span_tokens=0, span_coverage=0.0,
-                                score=score) for d, score in (("p1", 0.90), ("p2", 0.85))}
+                                score=score, bm25=3.0) for d, score in (("p1", 0.90), ("p2", 0.85))}  # equal BM25
         # the value favours p2 (relative 1 against 0.25): with w = 0.1, p2 (0.95) passes p1 (0.925)
         inputs = rr.CombineInputs(evidence, {"p1": 1.0, "p2": 4.0}, [doc_index[source]])
         return rr.TargetRanks(name, "paraphrase", {}, {}, "paraphrase", inputs)
@@ -188,4 +188,4 @@ def test_combined_weight_is_fitted_on_the_other_fold(modules):
     mixed, info = rr.add_combined([target("a", "p2"), target("b", "p1")], doc_index, weights=(0.0, 0.1))
     assert info["fold_weights"] == {"0": 0.0, "1": 0.1}
     assert [r.ranks["combined"] for r in mixed] == [2.0, 2.0]
-    assert [r.ranks["combined_default"] for r in mixed] == [1.0, 2.0]  # default 0.1, in-sample
+    assert [r.ranks["combined_default"] for r in mixed] == [1.0, 2.0]  # the default weight (2.0) favours p2

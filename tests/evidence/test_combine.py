@@ -89,9 +89,10 @@ def test_specific_value_errors_name_the_fix():
 
 
 # -- the combined ranking --------------------------------------------------------------------------------
-def _ev(label: str, score: float, coverage: float = 0.0, longest: int = 0, similarity: float = 0.5) -> Evidence:
+def _ev(label: str, score: float, coverage: float = 0.0, longest: int = 0, similarity: float = 0.5,
+        bm25: float = 0.0) -> Evidence:
     return Evidence(label=label, similarity=similarity, longest_span_tokens=longest, span_coverage=coverage,
-                    score=score)
+                    score=score, bm25=bm25)
 
 
 PLAIN = dict(copied_min_coverage=0.5, copied_min_span_words=12)  # explicit, so the tests do not read thresholds.json
@@ -160,11 +161,35 @@ def test_shared_span_coverage_counts_with_its_weight():
     assert _ids(order) == ["spans", "similar"] and order[0].key == pytest.approx(1.0)
 
 
+def test_bm25_counts_relative_to_the_best_nominated_document():
+    evidence = {"similar": _ev("paraphrase", 0.70, bm25=4.0), "words": _ev("topic", 0.50, bm25=16.0),
+                "none": _ev("topic", 0.65)}
+    no_value = dict(value_weight=0.0, coverage_weight=0.0, **PLAIN)
+    assert _ids(combine_rankings(evidence, {}, CombineSettings(text_weight=0.0, **no_value))) == [
+        "similar", "none", "words"]
+    # relative BM25: 4/16 = 0.25 and 16/16 = 1; with weight 0.3: 0.70 + 0.075 = 0.775 < 0.50 + 0.3 = 0.80
+    order = combine_rankings(evidence, {}, CombineSettings(text_weight=0.3, **no_value))
+    assert _ids(order) == ["words", "similar", "none"]
+    assert order[0].key == pytest.approx(0.80) and order[1].relative_bm25 == pytest.approx(0.25)
+    assert order[2].relative_bm25 == 0.0
+    # the scale is the nominated documents' largest score: doubling every score changes nothing
+    doubled = {d: _ev(e.label, e.score, bm25=2 * e.bm25) for d, e in evidence.items()}
+    assert _ids(combine_rankings(doubled, {}, CombineSettings(text_weight=0.3, **no_value))) == _ids(order)
+
+
+def test_evidence_without_a_bm25_score_is_refused_when_the_text_term_counts():
+    evidence = {"a": Evidence(label="topic", similarity=0.5, longest_span_tokens=0, span_coverage=0.0, score=0.5)}
+    with pytest.raises(TargetError, match="Evidence.bm25 is None"):
+        combine_rankings(evidence, {}, CombineSettings(text_weight=1.0, **PLAIN))
+    assert _ids(combine_rankings(evidence, {}, CombineSettings(text_weight=0.0, **PLAIN))) == ["a"]
+
+
 def test_no_weight_moves_a_document_out_of_its_tier():
     evidence = {"copy": _ev("verbatim", 0.30, coverage=0.9, longest=30), "rel": _ev("topic", 0.6, coverage=0.3),
                 "unrel": _ev("unrelated", 0.2, similarity=0.1)}
     specific = {"copy": 0.0, "rel": 0.0, "unrel": 5.0, "outside": 100.0}
-    order = combine_rankings(evidence, specific, CombineSettings(value_weight=100.0, coverage_weight=100.0, **PLAIN))
+    order = combine_rankings(evidence, specific, CombineSettings(value_weight=100.0, coverage_weight=100.0,
+                                                                 text_weight=100.0, **PLAIN))
     assert _ids(order) == ["copy", "rel", "unrel", "outside"]
 
 
@@ -181,6 +206,8 @@ def test_settings_refuse_bad_values():
             CombineSettings(value_weight=bad)
         with pytest.raises(TargetError, match="coverage_weight"):
             CombineSettings(coverage_weight=bad)
+        with pytest.raises(TargetError, match="text_weight"):
+            CombineSettings(text_weight=bad)
     with pytest.raises(TargetError, match="copied_min_span_words"):
         CombineSettings(copied_min_span_words=0)
     for bad in (0.0, 1.5, float("nan")):

@@ -151,3 +151,37 @@ def test_evidence_for_reuses_index_passages(loaded_index):
         evidence_for(TARGET_TEXT, "", index=loaded_index, doc_id="missing:doc")
     with pytest.raises(TargetError, match="empty"):
         evidence_for(" \x00 ", "text", index=loaded_index, doc_id="bible:web-genesis")
+
+
+def test_document_bm25_scores_are_the_best_passage_lucene_bm25(loaded_index):
+    """Against BM25 written out by hand (Lucene's variant, without the (k1 + 1) factor; bm25s' defaults
+    k1 = 1.5, b = 0.75) over the index's passages, a document's score = its best passage's."""
+    import math
+
+    import bm25s
+    import numpy as np
+
+    from provenance.evidence.answer import document_bm25_scores
+
+    text = "God created the heaven and the earth, and the match was won in the last minute"
+    ix = loaded_index
+    passage_docs = ix.passage_doc.tolist()
+    texts = [ix.texts[d][a:b] for d, a, b in zip(passage_docs, ix.passage_start, ix.passage_end)]
+    docs_tokens = bm25s.tokenize(texts, stopwords="en", show_progress=False, return_ids=False)
+    query_tokens = bm25s.tokenize([text], stopwords="en", show_progress=False, return_ids=False)[0]
+    n = len(docs_tokens)
+    avgdl = sum(len(t) for t in docs_tokens) / n
+    expected = np.zeros(len(loaded_index.doc_ids))
+    for tokens, d in zip(docs_tokens, passage_docs):
+        score = 0.0
+        for term in set(query_tokens):
+            df = sum(term in t for t in docs_tokens)
+            tf = tokens.count(term)
+            if df and tf:
+                idf = math.log(1 + (n - df + 0.5) / (df + 0.5))
+                score += idf * tf / (tf + 1.5 * (1 - 0.75 + 0.75 * len(tokens) / avgdl))
+        expected[d] = max(expected[d], score)
+    got = document_bm25_scores(loaded_index, text)
+    assert expected.max() > 0 and (expected == 0).any()  # the check covers scored and unscored documents
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+    assert not document_bm25_scores(loaded_index, "zzzz qqqq").any()  # no indexed word: all zero
