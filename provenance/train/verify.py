@@ -124,7 +124,7 @@ def rederive_step(run: RunDirectory, manifest: dict[str, Any], step: int, refere
         # The sum over ranks is part of the recorded arithmetic: W worker processes replay start+1..step
         # (checking each loss, the sampled step's included) and hand over the state before the step.
         model, optimizer, chunk_ids = _state_before_step_on_ranks(run, prepared, start, step, progress)
-        ref = _reference(prepared, model, optimizer, chunk_ids, step, reference)
+        ref = _reference(prepared, model, optimizer, chunk_ids, step, reference, manifest)
         loss = expected[step]
     else:
         with deterministic_runtime(manifest["runtime"]["torch_num_threads"]):
@@ -134,7 +134,7 @@ def rederive_step(run: RunDirectory, manifest: dict[str, Any], step: int, refere
                     run_steps(traj, start + 1, step - 1, expected_losses=expected,
                               desc=f"verify: replay to step {step}", progress=progress)
                 chunk_ids = traj.order.next_batch()
-                ref = _reference(prepared, traj.model, traj.optimizer, chunk_ids, step, reference)
+                ref = _reference(prepared, traj.model, traj.optimizer, chunk_ids, step, reference, manifest)
                 # The real step, through the engine, must give the recorded loss.
                 lr = learning_rate(step, cfg.train)
                 for group in traj.optimizer.param_groups:
@@ -168,8 +168,10 @@ def rederive_step(run: RunDirectory, manifest: dict[str, Any], step: int, refere
     return check
 
 
-def _reference(prepared: Any, model: Any, optimizer: Any, chunk_ids: list[int], step: int, reference: Any) -> Any:
-    """Brute-force values of the step's whole batch on a float64 copy of the model and optimizer."""
+def _reference(prepared: Any, model: Any, optimizer: Any, chunk_ids: list[int], step: int, reference: Any,
+               manifest: dict[str, Any]) -> Any:
+    """Brute-force values of the step's whole batch on a float64 copy of the model and optimizer, under the
+    engine settings the run recorded (e.g. its Adam denominator), not this version's defaults."""
     cfg = prepared.config
     # A clean copy (no engine hooks); the copy's optimizer state is cast to float64 on load.
     model64 = build_model(cfg.model, prepared.vocab_size, cfg.train.seed, prepared.eos_id)
@@ -180,7 +182,8 @@ def _reference(prepared: Any, model: Any, optimizer: Any, chunk_ids: list[int], 
     for group in optimizer64.param_groups:
         group["lr"] = learning_rate(step, cfg.train)
     return reference.reference_values(
-        model64, optimizer64, prepared.micro_batches(chunk_ids), prepared.target_batch, config=engine_config(cfg),
+        model64, optimizer64, prepared.micro_batches(chunk_ids), prepared.target_batch,
+        config=engine_config(cfg, manifest.get("config", {}).get("engine")),
         dtype=torch.float64,
     )
 

@@ -75,3 +75,28 @@ def test_verify_names_a_missing_and_an_extra_file(run_copy):
         verify_run(run_copy, sample_steps=0, progress=False)
     assert "ledger.parquet: is missing" in str(info.value)
     assert "notes.txt: is not recorded in the manifest" in str(info.value)
+
+
+def test_verify_rederives_under_the_engine_settings_the_run_recorded(tiny_corpus, tmp_path, monkeypatch):
+    """A run recorded with Adam's "previous" denominator (e.g. by a version whose default it was) is checked
+    against the brute force under that setting, not under this version's default ("current")."""
+    import dataclasses
+    import json
+
+    from provenance.train import train, trainer
+
+    from .tiny import TARGETS, tiny_config
+
+    original = trainer.engine_config
+
+    def previous_by_default(cfg, recorded=None):
+        config = original(cfg, recorded)
+        return config if recorded else dataclasses.replace(config, adam_denominator="previous")
+
+    monkeypatch.setattr(trainer, "engine_config", previous_by_default)
+    run = tmp_path / "previous"
+    train(tiny_corpus, run, tiny_config(), targets=TARGETS, progress=False)
+    monkeypatch.undo()
+    assert json.loads((run / "manifest.json").read_text())["config"]["engine"]["adam_denominator"] == "previous"
+    report = verify_run(run, steps=[4], progress=False)
+    assert report.steps[0].relative_error <= 1e-5
