@@ -166,6 +166,17 @@ def peak_memory_mb(size_name: str, mode: str, optimizer: str, live: bool = False
     return int(peak_kb) / 1024.0, float(base_kb) / 1024.0
 
 
+def pair_ratio_quartiles(engine: list[float], plain: list[float]) -> list[float]:
+    """Quartiles (25%, 50%, 75%) of engine step / plain step of the same rep. On a shared machine the speed
+    of the CPU moves by tens of percent within seconds, more than the bars' margins: the spread says whether
+    a median ratio is resolved (too few reps when the quartiles straddle a bar)."""
+    ratios = [e / p for e, p in zip(engine, plain)]
+    if len(ratios) < 2:
+        return [round(ratios[0], 4)] * 3 if ratios else []
+    q1, q2, q3 = statistics.quantiles(ratios, n=4)
+    return [round(q1, 4), round(q2, 4), round(q3, 4)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small model, under a minute")
@@ -208,6 +219,7 @@ def main() -> None:
             times[mode].append(runners[mode].step())
     median = {mode: statistics.median(t) for mode, t in times.items()}
     ratio = {mode: median[mode] / median["plain"] for mode in modes}
+    spread = {mode: pair_ratio_quartiles(times[mode], times["plain"]) for mode in modes if mode != "plain"}
     routes = runners["first_order"].engine.routes if "first_order" in runners else {}
     routes16 = runners["targets16"].engine.routes if "targets16" in runners else {}
     memory, growth, live = {}, {}, {}
@@ -251,6 +263,7 @@ def main() -> None:
         "step_memory_ratio": growth_ratio("first_order"),
         "step_memory_ratio_targets16": growth_ratio("targets16"),
         "step_memory_ratio_second_order": growth_ratio("second_order"),
+        "pair_ratio_quartiles": spread,
         "plain_step_seconds": round(median["plain"], 4),
         "peak_memory_mb": {k: round(v, 1) for k, v in memory.items()},
         "live_peak_memory_mb": {k: round(v, 1) for k, v in live.items()},
@@ -271,6 +284,8 @@ def main() -> None:
             f"{memory.get(mode, float('nan')):>10.0f}{(mem_ratio(memory, mode) or float('nan')):>9.3f}"
             f"{live.get(mode, float('nan')):>10.0f}{(mem_ratio(live, mode) or float('nan')):>9.3f}"
         )
+    print("per-rep ratio quartiles (engine step / plain step of the same rep):",
+          {mode: q for mode, q in spread.items()})
     print("peak MB = process peak RSS (glibc defaults); live MB = the same with a fixed 1 MiB mmap threshold,")
     print("so freed memory is returned at once and the peak is live memory (plain and engine alike)")
     print("step routes:", {mode: runners[mode].engine.last_route for mode in modes if runners[mode].engine})
