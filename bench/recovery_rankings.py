@@ -298,7 +298,7 @@ def add_combined(
 # -- the evidence-order parameters, fitted on other targets than the benchmark's -------------------------
 COVERAGE_GRID = (0.0, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0)  # candidate coverage weights of the combined order
 SPAN_GRID = (9, 10, 12, 15, 20, 10**6)  # candidate copied_min_span_words (9 = the verbatim label's rule; 10**6 = off)
-TEXT_GRID = (0.0, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0)  # candidate text (BM25) weights of the combined order
+TEXT_GRID = (0.0, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0)  # candidate BM25 weights of the combined order
 PARALLEL_MAX_CHARS = 330  # the query text: the first verses of the pericope, as the topic targets are cut
 
 

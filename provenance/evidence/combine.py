@@ -62,7 +62,7 @@ def _calibrated_min_coverage() -> float:
 
 @dataclass(frozen=True)
 class CombineSettings:
-    """How the evidence score, the shared-span coverage and the value make one order (see the module)."""
+    """How the evidence score, the BM25 score, the span coverage and the value make one order (see the module)."""
 
     value_weight: float = 2.0  # key margin the strongest value can overturn (0 = no value)
     coverage_weight: float = 0.0  # weight of the fraction of the output inside shared spans
