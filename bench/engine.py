@@ -85,7 +85,8 @@ class Runner:
         # backward, while a clipped step re-derives their blocks after it (docs/engine.md).
         max_norm = CLIP_EVERY_STEP if mode.endswith("_clipped") else 1.0
         config = EngineConfig(order=order, max_grad_norm=max_norm, adam_denominator=denominator,
-                              release_memory=os.environ.get(RELEASE_MEMORY_ENV) == "1")
+                              release_memory=os.environ.get(RELEASE_MEMORY_ENV) == "1",
+                              keep_rows_mb=float(os.environ.get(KEEP_ROWS_ENV, EngineConfig.keep_rows_mb)))
         self.engine = AttributionEngine(self.model, self.opt, config)
         self.engine.set_targets(make_batch(k, size["target_tokens"], size["vocab"], 999, prompt=8))
 
@@ -141,6 +142,7 @@ def torch_func_step(model, opt, batch, targets):
 
 CLIP_EVERY_STEP = 1e-4
 RELEASE_MEMORY_ENV = "PROVENANCE_BENCH_RELEASE_MEMORY"  # --release-memory, passed on to the memory subprocesses
+KEEP_ROWS_ENV = "PROVENANCE_BENCH_KEEP_ROWS_MB"  # --keep-rows-mb, likewise
 
 LIVE_ALLOCATOR = {"MALLOC_MMAP_THRESHOLD_": str(2**20)}
 
@@ -190,12 +192,16 @@ def main() -> None:
                         help="run without transparent huge pages for torch's CPU tensors (THP_MEM_ALLOC_ENABLE)")
     parser.add_argument("--release-memory", action="store_true",
                         help="EngineConfig(release_memory=True): return freed heap memory before each engine step")
+    parser.add_argument("--keep-rows-mb", type=float, default=None,
+                        help="EngineConfig.keep_rows_mb: cap on per-row blocks kept from backward (memory vs time)")
     parser.add_argument("--modes", default=None,
                         help="comma-separated configurations to time (plain is always timed), e.g. "
                         "first_order,first_order_clipped; default: all")
     args = parser.parse_args()
     if args.release_memory:
         os.environ[RELEASE_MEMORY_ENV] = "1"
+    if args.keep_rows_mb is not None:
+        os.environ[KEEP_ROWS_ENV] = str(args.keep_rows_mb)
     size_name = "quick" if args.quick else "full"
     size = SIZES[size_name]
     reps = args.reps or (5 if args.quick else 3)
@@ -271,6 +277,7 @@ def main() -> None:
         "optimizer": args.optimizer,
         "huge_pages": os.environ.get("THP_MEM_ALLOC_ENABLE") == "1",
         "release_memory": os.environ.get(RELEASE_MEMORY_ENV) == "1",
+        "keep_rows_mb": float(os.environ.get(KEEP_ROWS_ENV, EngineConfig.keep_rows_mb)),
         "sizes": dict(size, reps=reps, size=size_name, threads=torch.get_num_threads()),
     }
     if args.json:
