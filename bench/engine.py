@@ -85,8 +85,7 @@ class Runner:
         # backward, while a clipped step re-derives their blocks after it (docs/engine.md).
         max_norm = CLIP_EVERY_STEP if mode.endswith("_clipped") else 1.0
         config = EngineConfig(order=order, max_grad_norm=max_norm, adam_denominator=denominator,
-                              release_memory=os.environ.get(RELEASE_MEMORY_ENV) == "1",
-                              keep_rows_mb=float(os.environ.get(KEEP_ROWS_ENV, EngineConfig.keep_rows_mb)))
+                              **memory_settings())
         self.engine = AttributionEngine(self.model, self.opt, config)
         self.engine.set_targets(make_batch(k, size["target_tokens"], size["vocab"], 999, prompt=8))
 
@@ -143,6 +142,13 @@ def torch_func_step(model, opt, batch, targets):
 CLIP_EVERY_STEP = 1e-4
 RELEASE_MEMORY_ENV = "PROVENANCE_BENCH_RELEASE_MEMORY"  # --release-memory, passed on to the memory subprocesses
 KEEP_ROWS_ENV = "PROVENANCE_BENCH_KEEP_ROWS_MB"  # --keep-rows-mb, likewise
+
+
+def memory_settings() -> dict:
+    """The EngineConfig memory settings --release-memory and --keep-rows-mb chose (read from the environment,
+    so the peak-memory subprocesses get them too)."""
+    return {"release_memory": os.environ.get(RELEASE_MEMORY_ENV) == "1",
+            "keep_rows_mb": float(os.environ.get(KEEP_ROWS_ENV, EngineConfig.keep_rows_mb))}
 
 LIVE_ALLOCATOR = {"MALLOC_MMAP_THRESHOLD_": str(2**20)}
 
@@ -276,8 +282,7 @@ def main() -> None:
         "routes_first_order": dict(routes),
         "optimizer": args.optimizer,
         "huge_pages": os.environ.get("THP_MEM_ALLOC_ENABLE") == "1",
-        "release_memory": os.environ.get(RELEASE_MEMORY_ENV) == "1",
-        "keep_rows_mb": float(os.environ.get(KEEP_ROWS_ENV, EngineConfig.keep_rows_mb)),
+        **memory_settings(),
         "sizes": dict(size, reps=reps, size=size_name, threads=torch.get_num_threads()),
     }
     if args.json:

@@ -299,16 +299,21 @@ def _candidates(index: EvidenceIndex, prepared: PreparedOutput) -> list[int]:
     return list(found)
 
 
-def _bm25_documents(index: EvidenceIndex, text: str) -> list[int]:
+def _bm25_query_tokens(index: EvidenceIndex, text: str) -> list[str]:
+    """The text's BM25 tokens (the index's tokenization, English stop words) that the index knows."""
     import bm25s
 
-    tokens = bm25s.tokenize([text], stopwords="en", show_progress=False, return_ids=False)
+    tokens = bm25s.tokenize([text], stopwords="en", show_progress=False, return_ids=False)[0]
     vocab = index.bm25.vocab_dict
-    tokens = [[t for t in tokens[0] if t in vocab]]
-    if not tokens[0]:
+    return [t for t in tokens if t in vocab]
+
+
+def _bm25_documents(index: EvidenceIndex, text: str) -> list[int]:
+    tokens = _bm25_query_tokens(index, text)
+    if not tokens:
         return []
     k = min(BM25_PASSAGES, index.n_passages)
-    ids, scores = index.bm25.retrieve(tokens, k=k, show_progress=False, n_threads=1)
+    ids, scores = index.bm25.retrieve([tokens], k=k, show_progress=False, n_threads=1)
     docs: dict[int, None] = {}
     for p, score in zip(ids[0].tolist(), scores[0].tolist()):
         if score > 0:
@@ -319,11 +324,7 @@ def _bm25_documents(index: EvidenceIndex, text: str) -> list[int]:
 def document_bm25_scores(index: EvidenceIndex, text: str) -> np.ndarray:
     """Every document's BM25 score for ``text``: its best passage's (bm25s scores all passages in one
     vectorized pass; the same tokenization as the BM25 channel). Zeros when no word of the text is indexed."""
-    import bm25s
-
-    tokens = bm25s.tokenize([text], stopwords="en", show_progress=False, return_ids=False)[0]
-    vocab = index.bm25.vocab_dict
-    tokens = [t for t in tokens if t in vocab]
+    tokens = _bm25_query_tokens(index, text)
     doc_scores = np.zeros(len(index.doc_ids))
     if tokens:
         passage_scores = np.asarray(index.bm25.get_scores(tokens), dtype=np.float64)

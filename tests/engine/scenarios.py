@@ -50,6 +50,11 @@ def to_engine(model_name: str, batch: dict[str, Tensor]) -> Any:
     return LMBatch(batch["input_ids"], batch["attention_mask"], batch["labels"])
 
 
+def gpt2_batch(seed: int) -> Any:
+    """One GPT-2 training batch in the engine's form, from its own seed."""
+    return to_engine("gpt2", training_batch("gpt2", torch.Generator().manual_seed(seed)))
+
+
 def task_for(model_name: str) -> Any:
     from provenance.engine import CausalLMTask, ClassificationTask
 

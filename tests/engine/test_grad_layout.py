@@ -9,12 +9,8 @@ from transformers.pytorch_utils import Conv1D
 
 from provenance.engine import AttributionEngine, CausalLMTask, EngineConfig
 
-from .scenarios import targets_for, to_engine, training_batch
+from .scenarios import gpt2_batch, targets_for, to_engine
 from .tiny_models import build_gpt2
-
-
-def _batch(seed: int):
-    return to_engine("gpt2", training_batch("gpt2", torch.Generator().manual_seed(seed)))
 
 
 def _targets(k: int):
@@ -35,7 +31,7 @@ def _step_grads(contiguous: bool, model_seed: int = 0) -> dict[str, torch.Tensor
 
     optimizer.step = spy
     with engine:
-        engine.step([_batch(1)])
+        engine.step([gpt2_batch(1)])
     return seen
 
 
@@ -55,7 +51,7 @@ def test_old_runs_get_conv1d_gradients_as_transposed_views_with_the_old_numbers(
                 inputs[name] = args[0].detach()
                 out.register_hook(lambda g: outputs.__setitem__(name, g.detach()))
             module.register_forward_hook(keep)
-    batch = _batch(1)
+    batch = gpt2_batch(1)
     sums, weights = CausalLMTask().loss_terms(model, batch)
     (sums.sum() / weights.sum()).backward()
 
@@ -79,7 +75,7 @@ def test_values_do_not_depend_on_the_layout(contiguous):
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
         with AttributionEngine(model, optimizer, EngineConfig(contiguous_grads=flag, order=2)) as engine:
             engine.set_targets(_targets(2))
-            return [engine.step([_batch(s)]).values for s in range(3)]
+            return [engine.step([gpt2_batch(s)]).values for s in range(3)]
 
     for got, ref in zip(values(contiguous), values(True)):
         torch.testing.assert_close(got, ref, rtol=1e-9, atol=1e-12)

@@ -12,12 +12,8 @@ import provenance.engine.engine as engine_module
 from provenance.engine import AttributionEngine, EngineConfig
 from provenance.engine.heap import release_free_heap
 
-from .scenarios import targets_for, to_engine, training_batch
+from .scenarios import gpt2_batch, targets_for, to_engine
 from .tiny_models import build_gpt2
-
-
-def _batch(seed: int):
-    return to_engine("gpt2", training_batch("gpt2", torch.Generator().manual_seed(seed)))
 
 
 def _run(monkeypatch, release, enabled: bool, steps: int = 3):
@@ -33,7 +29,7 @@ def _run(monkeypatch, release, enabled: bool, steps: int = 3):
     engine = AttributionEngine(model, optimizer, EngineConfig(order=2, release_memory=enabled))
     engine.set_targets(to_engine("gpt2", targets_for("gpt2", torch.Generator().manual_seed(99), k=2)))
     with engine:
-        values = [engine.step([_batch(s)]).values for s in range(steps)]
+        values = [engine.step([gpt2_batch(s)]).values for s in range(steps)]
     return calls, values, [p.detach().clone() for p in model.parameters()]
 
 
