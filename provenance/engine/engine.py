@@ -253,10 +253,14 @@ class AttributionEngine:
                 if group is not None and not needs_gradient(self.optimizer, p, self.config.adam_denominator):
                     pre[id(p)] = linearize(self.optimizer, p, group, None, self.config.adam_denominator)
         deferred = [p for p, _ in self._uses if k and id(p) in self._groups and id(p) not in pre]
-        if deferred and not self.config.per_token:
-            state.early = self._early_params(deferred, len(micro_batches), local_rows)
-            state.predict_unclipped = self._last_clip == 1.0
-            state.stored = self._stored_uses([p for p in deferred if id(p) not in state.early], local_rows)
+        # Batch gradients are summed the same way with or without targets (a run trained without any is
+        # replayed with some, and must reproduce its losses bit for bit): without targets, the parameters a
+        # valued step would defer are still formed as that step forms them, only not valued.
+        formed_late = deferred if k else self._deferred_when_valued()
+        if formed_late and not self.config.per_token:
+            state.early = self._early_params(formed_late, len(micro_batches), local_rows)
+            state.predict_unclipped = bool(k) and self._last_clip == 1.0
+            state.stored = self._stored_uses([p for p in formed_late if id(p) not in state.early], local_rows)
         if pre:
             state.pre = pre
             state.values = torch.zeros(local_rows, k, dtype=dtype)
@@ -391,6 +395,18 @@ class AttributionEngine:
             total = total.T.contiguous().T
         p.grad = total if p.grad is None else p.grad + total
 
+    def _deferred_when_valued(self) -> list[nn.Parameter]:
+        """The parameters a step with targets would value after backward (step()'s `deferred`)."""
+        if not self._owned:
+            return []
+        by_order = self.config.order != 1 or self.config.per_token
+        return [
+            p
+            for p, _ in self._uses
+            if id(p) in self._groups
+            and (by_order or needs_gradient(self.optimizer, p, self.config.adam_denominator))
+        ]
+
     def _early_params(self, deferred: list[nn.Parameter], micro_batches: int, rows: int) -> set[int]:
         """Adam's "current" denominator needs the step's (clipped) gradient. A matmul weight the engine forms
         from per-row blocks in one call has its whole batch gradient in backward; if this step is unclipped
@@ -509,6 +525,10 @@ class AttributionEngine:
 
     def _keep_rows(self, p: nn.Parameter, use: _Use, record: Record, state: _StepState) -> None:
         """Stored route: keep this call's per-row gradients (forming the batch gradient from them if owned)."""
+        if not self._num_targets:  # nothing to value: only the batch gradient, summed as a valued step sums it
+            if id(p) in self._owned_ids:
+                self._add_grad(p, use, use.rule.grad_and_rows(use.module, use.pname, record.saved, record.grad)[0])
+            return
         calls = state.row_grads.setdefault((use.module_name, use.pname, record.micro_batch), [])
         if id(p) in self._owned_ids:
             # Fresh buffers, freed after the step like activations: a pool kept across steps would sit on
