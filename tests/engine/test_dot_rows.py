@@ -1,4 +1,4 @@
-"""Dots of kept per-row blocks with K directions: joining pieces (a speed choice) never changes the values."""
+"""Dots of kept per-row blocks (in pieces of rows) with K directions, against a direct float64 contraction."""
 
 from __future__ import annotations
 
@@ -26,12 +26,3 @@ def test_dot_rows_equals_a_direct_contraction(module, k):
     expected = torch.einsum("rij,kij->rk", torch.cat(pieces), z)
     torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
 
-
-def test_many_targets_join_one_row_pieces_within_the_byte_cap(monkeypatch):
-    pieces = [p.reshape(1, -1) for p in _pieces([1] * 6, (4, 3))]
-    assert len(linear._joined(pieces, k=1)) == 6  # one target: a product per piece reads little
-    assert len(linear._joined(pieces, k=8)) == 1  # 8 targets: reading them 6 times costs more than a copy
-    monkeypatch.setattr(linear, "_JOIN_BYTES", 3 * pieces[0].numel() * pieces[0].element_size())
-    groups = linear._joined(pieces, k=8)
-    assert [g.shape[0] for g in groups] == [3, 3]
-    torch.testing.assert_close(torch.cat(groups), torch.cat(pieces), rtol=0, atol=0)

@@ -42,33 +42,6 @@ def release_scratch() -> None:
     _SCRATCH.clear()
 
 
-_JOIN_BYTES = 160 * 2**20
-
-
-def _joined(pieces: list[torch.Tensor], k: int) -> list[torch.Tensor]:
-    """Kept pieces of per-row blocks as (rows, numel) matrices, consecutive pieces joined (copied into one,
-    up to _JOIN_BYTES) where that is cheaper than a product per piece: each product reads all K directions,
-    so a group of g pieces holding r rows costs g*K reads of a parameter's size unjoined and about 2*r + K
-    joined. With many targets and pieces of one row (an output head's blocks: 16 targets, 16 rows) joining
-    halves the time of these dots."""
-    flat = [piece.reshape(piece.shape[0], -1) for piece in pieces]
-    out: list[torch.Tensor] = []
-    group: list[torch.Tensor] = []
-
-    def flush() -> None:
-        rows = sum(piece.shape[0] for piece in group)
-        out.extend([torch.cat(group)] if (len(group) - 1) * k > 2 * rows else group)
-        group.clear()
-
-    for piece in flat:
-        if group and (sum(g.numel() for g in group) + piece.numel()) * piece.element_size() > _JOIN_BYTES:
-            flush()
-        group.append(piece)
-    if group:
-        flush()
-    return out
-
-
 class MatmulRule(LayerRule):
     """Shared maths; subclasses say how to get (a, b) as (rows, N, din) / (rows, N, dout)."""
 
@@ -156,7 +129,7 @@ class MatmulRule(LayerRule):
         if pname == "bias":
             return super().dot_rows(module, pname, per_row, z)
         flat_z = z.reshape(z.shape[0], -1).T
-        return torch.cat([piece.to(z.dtype) @ flat_z for piece in _joined(per_row, z.shape[0])])
+        return torch.cat([piece.reshape(piece.shape[0], -1).to(z.dtype) @ flat_z for piece in per_row])
 
     def ghost_cost(self, module, saved, target_saved) -> int:
         """Multiply-adds of `ghost_dot` for one training call against one target call."""
