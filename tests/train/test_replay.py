@@ -54,3 +54,26 @@ def test_replay_refuses_an_already_registered_id(run_copy):
 def test_replay_refuses_an_empty_target(run_copy):
     with pytest.raises(TargetError, match="empty"):
         attribute(run_copy, [TargetSpec("blank", "a prompt", "   ")], progress=False)
+
+
+def test_a_run_trained_without_targets_is_attributed_by_replay(tmp_path, tiny_corpus, monkeypatch):
+    """Kept per-row gradients in pieces of two rows (four rows per micro-batch), as an output head's are at
+    real sizes (GPT-2, vocabulary 4096, width 128: 8 rows a piece): a step without targets must sum them as
+    a valued step does, or the replay's weights differ from the run's checkpoints (they did before)."""
+    from provenance.engine.rules import linear
+    from provenance.train import train
+
+    from .tiny import tiny_config
+
+    grad_and_rows = linear.MatmulRule.grad_and_rows
+
+    def two_rows_a_piece(self, module, pname, saved, grad, reuse=False):
+        monkeypatch.setattr(linear, "_ROW_PIECE_BYTES", 2 * module.weight.numel() * module.weight.element_size())
+        return grad_and_rows(self, module, pname, saved, grad, reuse)
+
+    monkeypatch.setattr(linear.MatmulRule, "grad_and_rows", two_rows_a_piece)
+    run = tmp_path / "no-targets"
+    train(tiny_corpus, run, tiny_config(micro_batch_size=4), targets=[], progress=False)
+    new = attribute(run, TARGETS[:1], progress=False)
+    assert set(new["target_id"]) == {TARGETS[0].target_id}
+    assert new["value"].abs().sum() > 0
