@@ -60,11 +60,7 @@ class Linearization:
     def direction_and_history(self, g_v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(direction(g_v), -h . g_v per target), turning g_v into the direction in place: with K
         targets each is K x the parameter's size, and every pass over memory of that size costs on CPU.
-        Many targets: h and coef are formed once (parameter-sized) so that K directions take one dot and
-        one product. One or two targets: h is never formed and coef's two factors are applied one after
-        the other, so no parameter-sized temporary is allocated (cheaper while K x size is small)."""
-        if g_v.shape[0] <= _FEW_TARGETS:
-            return self._direction_and_history_in_place(g_v)
+        h is formed once and dotted with g_v before g_v is scaled: two passes over the K directions."""
         if self.scale == 0:  # no step: z = 0, only the decay part of h remains
             decay_part = -self.decay * _dots(g_v, self.param.detach().to(g_v.dtype))
             return g_v.zero_(), decay_part
@@ -73,23 +69,6 @@ class Linearization:
         del h
         self.scale_in_place(g_v)
         return g_v, history
-
-    def _direction_and_history_in_place(self, g_v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """direction_and_history without temporaries: h's decay term is dotted with g_v, its
-        preconditioned terms with g_v * precond on the way to the direction."""
-        param = self.param.detach()
-        history = torch.zeros(g_v.shape[0], dtype=g_v.dtype)
-        if self.decay:
-            history -= self.decay * _dots(g_v, param.to(g_v.dtype))
-        if self.scale == 0:
-            return g_v.zero_(), history
-        if self.precond is not None:
-            g_v.mul_(self.precond.to(g_v.dtype))
-        if self.momentum is not None and self.momentum_scale:
-            history -= self.momentum_scale * _dots(g_v, self.momentum.to(g_v.dtype))
-        if self.l2_scale:  # Adam's L2 (non-decoupled) weight decay: precond is set
-            history -= self.l2_scale * _dots(g_v, param.to(g_v.dtype))
-        return g_v.mul_(self.scale), history
 
     def history(self) -> torch.Tensor:
         """h itself (only the second order needs it materialized)."""
@@ -112,11 +91,6 @@ class Linearization:
         if self.decay:
             h = _scaled(param, dtype, self.decay) if h is None else h.add_(param, alpha=self.decay)
         return h
-
-
-# Up to this many targets, directions are formed without parameter-sized temporaries (passes over K x the
-# parameter's size: 6K + 3 without, 3K + 11 with them).
-_FEW_TARGETS = 2
 
 
 def _scaled(t: torch.Tensor, dtype: torch.dtype, factor: float) -> torch.Tensor:
@@ -170,12 +144,7 @@ def needs_gradient(optimizer: torch.optim.Optimizer, param: torch.Tensor, denomi
     if denominator == "current":
         return True
     exp_avg_sq = optimizer.state.get(param, {}).get("exp_avg_sq")
-    return exp_avg_sq is None or _has_zero(exp_avg_sq)
-
-
-def _has_zero(exp_avg_sq: torch.Tensor) -> bool:
-    """True if a second moment (>= 0 by construction) is zero, or NaN: one reduction, no boolean copy."""
-    return exp_avg_sq.numel() > 0 and not bool(exp_avg_sq.min() > 0)
+    return exp_avg_sq is None or not bool((exp_avg_sq > 0).all())
 
 
 def linearize(
@@ -220,8 +189,8 @@ def linearize(
     fresh = None  # elements that take the current denominator
     if denominator == "previous" and step > 1:
         precond = exp_avg_sq.sqrt().div_((1 - beta2 ** (step - 1)) ** 0.5).add_(eps).reciprocal_()
-        fresh = exp_avg_sq == 0 if _has_zero(exp_avg_sq) else None
-        if fresh is not None and not bool(fresh.any()):
+        fresh = exp_avg_sq == 0
+        if not bool(fresh.any()):
             fresh = None
     if fresh is not None or denominator != "previous" or step == 1:
         if clipped_grad is None:

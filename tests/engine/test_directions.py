@@ -1,5 +1,5 @@
-"""A step's direction z = coef * g_v and history term -h . g_v, formed in place (few targets) or with h and
-coef materialized (many targets), against h and coef formed explicitly in float64."""
+"""A step's direction z = coef * g_v and history term -h . g_v (formed in place over the K directions) against
+h and coef formed explicitly, in float64, for one to five targets."""
 
 from __future__ import annotations
 
