@@ -82,10 +82,16 @@ class AttributionConfig:
 
     order: int = 1  # 1 = first-order In-Run Data Shapley, 2 = with the Hessian term
     loss_reduction: str = "token_mean"  # the training loss is the mean over all tokens of the step
+    # MB of per-row gradients kept from backward until a step's direction is known (EngineConfig.keep_rows_mb).
+    # Lower = less memory, slower steps (docs/engine.md). It decides how some gradients are summed, so a run
+    # keeps its value: resume and replay use the recorded one.
+    keep_rows_mb: float = 4096.0
 
     def check(self) -> None:
         if self.order not in (1, 2):
             raise ConfigError(f"attribution.order must be 1 or 2 (got {self.order})")
+        if not self.keep_rows_mb >= 0:
+            raise ConfigError(f"attribution.keep_rows_mb must be >= 0 (got {self.keep_rows_mb}); 0 keeps none")
         if self.loss_reduction != "token_mean":
             raise ConfigError(
                 f"attribution.loss_reduction {self.loss_reduction!r} is not supported; use 'token_mean'"

@@ -152,3 +152,32 @@ def test_cli_turns_on_huge_pages_for_torch_before_torch_is_imported():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env={**env, "THP_MEM_ALLOC_ENABLE": "0"}, check=True)
     assert out.stdout.split() == ["False", "0"]
+
+
+def test_train_keep_rows_mb_is_recorded_and_replayed(tmp_path):
+    """--keep-rows-mb reaches the engine and the manifest; a replay (attribute) uses the recorded value,
+    and a bad value is refused naming the setting."""
+    corpus = write_corpus(tmp_path / "docs")
+    run = tmp_path / "run"
+    targets = tmp_path / "targets.jsonl"
+    targets.write_text(json.dumps({"id": "t1", "prompt": "the", "text": " sea wind"}) + "\n")
+    result = runner.invoke(app, ["train", "--corpus", str(corpus), "--run", str(run), "--targets", str(targets),
+                                 *TINY, "--keep-rows-mb", "0"])
+    assert result.exit_code == 0, result.output
+    config = json.loads((run / "manifest.json").read_text())["config"]
+    assert config["attribution"]["keep_rows_mb"] == 0 and config["engine"]["keep_rows_mb"] == 0
+    from provenance.config import RunConfig
+    from provenance.train.trainer import engine_config
+
+    recorded = RunConfig.from_json({k: v for k, v in config.items() if k != "engine"})
+    assert engine_config(recorded, config["engine"]).keep_rows_mb == 0  # what replay, resume and verify build
+    later = tmp_path / "later.jsonl"
+    later.write_text(json.dumps({"id": "t2", "prompt": "the", "text": " sea wind"}) + "\n")
+    replay = runner.invoke(app, ["attribute", "--run", str(run), "--targets", str(later), "--quiet"])
+    assert replay.exit_code == 0, replay.output
+    values = pd.read_parquet(run / "values.parquet").set_index(["target_id", "doc_id"])["value"]
+    before, after = values.loc["t1"], values.loc["t2"].reindex(values.loc["t1"].index)
+    assert float((before - after).abs().max() / before.abs().max()) <= 1e-5
+    bad = runner.invoke(app, ["train", "--corpus", str(corpus), "--run", str(tmp_path / "bad"), *TINY,
+                              "--keep-rows-mb", "-1"])
+    assert bad.exit_code == 1 and "attribution.keep_rows_mb" in bad.output

@@ -62,14 +62,15 @@ def engine_config(config: RunConfig, recorded: dict[str, Any] | None = None) -> 
     """The engine's settings for a run; `recorded`: the manifest's config["engine"] of an existing run."""
     from provenance.engine import EngineConfig
 
-    kept = {key: recorded[key] for key in RECORDED_ENGINE_SETTINGS if recorded and key in recorded}
+    settings: dict[str, Any] = {"keep_rows_mb": float(config.attribution.keep_rows_mb)}
+    settings.update({key: recorded[key] for key in RECORDED_ENGINE_SETTINGS if recorded and key in recorded})
     if recorded:
-        kept.update({key: value for key, value in SETTINGS_BEFORE_RECORDED.items() if key not in recorded})
+        settings.update({key: value for key, value in SETTINGS_BEFORE_RECORDED.items() if key not in recorded})
     return EngineConfig(
         order=config.attribution.order,
         max_grad_norm=config.train.max_grad_norm or None,
         loss_reduction=config.attribution.loss_reduction,
-        **kept,
+        **settings,
     )
 
 
