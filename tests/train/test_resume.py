@@ -94,6 +94,16 @@ def test_resume_refuses_changed_settings(killed):
         resume(run, tiny_config(lr=1e-3), progress=False)
 
 
+def test_resume_refuses_a_changed_keep_rows_mb(killed):
+    """keep_rows_mb decides how some gradients are summed: a resumed run keeps the recorded value."""
+    from dataclasses import replace
+
+    from provenance.config import AttributionConfig
+
+    with pytest.raises(RunMismatchError, match="attribution.keep_rows_mb"):
+        resume(killed, replace(tiny_config(), attribution=AttributionConfig(keep_rows_mb=256.0)), progress=False)
+
+
 def test_resume_without_checkpoints_is_a_clear_error(killed):
     run = killed
     import shutil
