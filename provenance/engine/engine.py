@@ -245,22 +245,21 @@ class AttributionEngine:
             target_loss = self._target_pass(target_store).to(dtype)
             state.target_records = target_store.by_module()
         # Parameters whose direction is known before backward get their values inside backward; the rest
-        # ("deferred") are contracted after it from kept inputs and output gradients.
-        pre: dict[int, Linearization] = {}
-        if k and self.config.order == 1 and not self.config.per_token:
-            for p, _ in self._uses:
-                group = self._groups.get(id(p))
-                if group is not None and not needs_gradient(self.optimizer, p, self.config.adam_denominator):
-                    pre[id(p)] = linearize(self.optimizer, p, group, None, self.config.adam_denominator)
-        deferred = [p for p, _ in self._uses if k and id(p) in self._groups and id(p) not in pre]
-        # Batch gradients are summed the same way with or without targets (a run trained without any is
-        # replayed with some, and must reproduce its losses bit for bit): without targets, the parameters a
-        # valued step would defer are still formed as that step forms them, only not valued.
-        formed_late = deferred if k else self._deferred_when_valued()
-        if formed_late and not self.config.per_token:
-            state.early = self._early_params(formed_late, len(micro_batches), local_rows)
+        # ("late") are contracted after it from kept inputs and output gradients. A step without targets
+        # values none, but still forms the late ones' batch gradients as a valued step does: a run trained
+        # without targets is replayed with some and must reproduce its losses bit for bit.
+        late = self._late_params()
+        late_ids = {id(p) for p in late}
+        pre: dict[int, Linearization] = {
+            id(p): linearize(self.optimizer, p, self._groups[id(p)], None, self.config.adam_denominator)
+            for p, _ in self._uses
+            if k and id(p) in self._groups and id(p) not in late_ids
+        }
+        deferred = late if k else []
+        if late and not self.config.per_token:
+            state.early = self._early_params(late, len(micro_batches), local_rows)
             state.predict_unclipped = bool(k) and self._last_clip == 1.0
-            state.stored = self._stored_uses([p for p in formed_late if id(p) not in state.early], local_rows)
+            state.stored = self._stored_uses([p for p in late if id(p) not in state.early], local_rows)
         if pre:
             state.pre = pre
             state.values = torch.zeros(local_rows, k, dtype=dtype)
@@ -395,16 +394,16 @@ class AttributionEngine:
             total = total.T.contiguous().T
         p.grad = total if p.grad is None else p.grad + total
 
-    def _deferred_when_valued(self) -> list[nn.Parameter]:
-        """The parameters a step with targets would value after backward (step()'s `deferred`)."""
-        if not self._owned:
-            return []
-        by_order = self.config.order != 1 or self.config.per_token
+    def _late_params(self) -> list[nn.Parameter]:
+        """Parameters the optimizer updates whose step direction is known only after backward: second
+        order and per-token maps need the whole step, Adam's "current" denominator (or a first step, or a
+        zero second moment under "previous") needs the batch gradient."""
+        whole_step = self.config.order != 1 or self.config.per_token
         return [
             p
             for p, _ in self._uses
             if id(p) in self._groups
-            and (by_order or needs_gradient(self.optimizer, p, self.config.adam_denominator))
+            and (whole_step or needs_gradient(self.optimizer, p, self.config.adam_denominator))
         ]
 
     def _early_params(self, deferred: list[nn.Parameter], micro_batches: int, rows: int) -> set[int]:
