@@ -26,3 +26,36 @@ def test_dot_rows_equals_a_direct_contraction(module, k):
     expected = torch.einsum("rij,kij->rk", torch.cat(pieces), z)
     torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
 
+
+
+@pytest.mark.parametrize("module", [nn.Linear(6, 5), Conv1D(5, 6)], ids=["linear", "conv1d"])
+@pytest.mark.parametrize("rows_per_piece", [1, 2, 3])
+def test_kept_pieces_are_the_per_row_gradients_in_one_allocation(module, rows_per_piece, monkeypatch):
+    """The stored route's pieces: each row's weight gradient (against float64 einsum), views of one allocation
+    (so a large call's blocks are one mapping the system gets back when the step frees them), and the batch
+    gradient summed piece by piece as runs were trained: first piece's rows in order, then each further
+    piece's own sum added (a one-row piece added as it is)."""
+    rule = linear.LinearRule() if isinstance(module, nn.Linear) else linear.GPT2Conv1DRule()
+    monkeypatch.setattr(linear, "_ROW_PIECE_BYTES", rows_per_piece * module.weight.numel() * 4)
+    g = torch.Generator().manual_seed(3)
+    rows, tokens, din, dout = 7, 4, 6, 5
+    saved = torch.randn(rows, tokens, din, generator=g)
+    grad = torch.randn(rows, tokens, dout, generator=g)
+    total, pieces = rule.grad_and_rows(module, "weight", saved, grad)
+
+    assert [p.shape[0] for p in pieces] == [min(rows_per_piece, rows - i) for i in range(0, rows, rows_per_piece)]
+    assert len({p.untyped_storage().data_ptr() for p in pieces}) == 1
+    per_row = torch.einsum("rnd,rno->rod", saved.double(), grad.double())  # nn.Linear layout (dout, din)
+    if isinstance(module, Conv1D):
+        per_row = per_row.transpose(1, 2)  # Conv1D stores (din, dout)
+    torch.testing.assert_close(torch.cat(pieces).double(), per_row, rtol=1e-5, atol=1e-6)
+
+    expected = pieces[0][0].clone()
+    for row in pieces[0][1:]:
+        expected += row
+    for piece in pieces[1:]:
+        part = piece[0].clone()
+        for row in piece[1:]:
+            part += row
+        expected += part
+    assert torch.equal(total, expected)

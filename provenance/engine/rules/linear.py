@@ -116,10 +116,15 @@ class MatmulRule(LayerRule):
             # the sum is grad_and_dot's with all rows in one block, so the gradient's numbers are the same).
             per_row = self._blocks(a, b, out=_scratch(weight.dtype, rows * dout * din))
             return per_row.sum(dim=0).reshape(weight.shape), [per_row]
-        # Kept in pieces of a few rows: pieces this size reuse the heap memory that backward frees from
-        # activations, where one (rows, dout, din) block would be a fresh mapping on top of it.
+        # Kept in pieces of a few rows, summed piece by piece (this grouping is what runs were trained with),
+        # all views of one allocation per call: above glibc's 32 MB mmap ceiling it is a mapping of its own,
+        # returned to the system when the step frees it. Separate 16 MB pieces came from the heap, which kept
+        # them resident under the next forward pass's activations (peak RSS, docs/engine.md).
         step = max(1, _ROW_PIECE_BYTES // (dout * din * weight.element_size()))
-        pieces = [self._blocks(a[i : i + step], b[i : i + step]) for i in range(0, rows, step)]
+        flat = torch.empty(rows * dout * din, dtype=weight.dtype)
+        pieces = [
+            self._blocks(a[i : i + step], b[i : i + step], out=flat[i * dout * din :]) for i in range(0, rows, step)
+        ]
         total = pieces[0].sum(dim=0)
         for piece in pieces[1:]:  # a one-row piece is its own sum: no temporary (same numbers)
             total += piece[0] if piece.shape[0] == 1 else piece.sum(dim=0)
