@@ -5,8 +5,8 @@
     python bench/engine.py --quick    # a small model, under a minute, for regression checks
     python bench/engine.py --json     # one JSON line
 
-Peak memory is measured per configuration in a fresh subprocess (VmHWM after two steps), because a
-process's peak cannot be reset between configurations; "step memory" subtracts the RSS after imports and
+Peak memory is measured per configuration in a fresh subprocess (VmHWM after --memory-steps steps, default
+10), because a process's peak cannot be reset between configurations; "step memory" subtracts the RSS after imports and
 model build, i.e. what training itself adds.
 """
 
@@ -153,8 +153,14 @@ def memory_settings() -> dict:
 LIVE_ALLOCATOR = {"MALLOC_MMAP_THRESHOLD_": str(2**20)}
 
 
-def peak_memory_mb(size_name: str, mode: str, optimizer: str, live: bool = False) -> tuple[float, float]:
-    """(peak RSS of a fresh process doing two steps, RSS after imports and model build) in MB.
+def peak_memory_mb(
+    size_name: str, mode: str, optimizer: str, live: bool = False, steps: int = 10
+) -> tuple[float, float]:
+    """(peak RSS of a fresh process doing `steps` steps, RSS after imports and model build) in MB.
+
+    Not two steps: with the engine, glibc's heap keeps growing for many steps (fragmentation: at the issue's
+    size, 16 targets' peak rose from 1.3x plain's after two steps to 1.5x after twenty, while plain's stopped
+    growing after four; docs/engine.md), so a short run understates what a training run reaches.
 
     Peak = VmHWM of the child's own address space: ru_maxrss would carry over the parent's RSS at fork.
     live=True fixes glibc's mmap threshold at 1 MiB (plain and engine alike), so freed tensors leave the
@@ -165,9 +171,9 @@ def peak_memory_mb(size_name: str, mode: str, optimizer: str, live: bool = False
         "r=b.Runner(b.SIZES[%r], %r, %r); "
         "hwm=lambda: int([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]); "
         "base=int(open('/proc/self/statm').read().split()[1])*resource.getpagesize()/1024; "
-        "r.step(); r.step(); "
+        "[r.step() for _ in range(%d)]; "
         "print(hwm(), base)"
-    ) % (os.path.dirname(os.path.abspath(__file__)), size_name, mode, optimizer)
+    ) % (os.path.dirname(os.path.abspath(__file__)), size_name, mode, optimizer, steps)
     env = dict(os.environ, **LIVE_ALLOCATOR) if live else None
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
     peak_kb, base_kb = out.stdout.strip().splitlines()[-1].split()
@@ -193,6 +199,8 @@ def main() -> None:
     parser.add_argument("--optimizer", choices=["adamw", "sgd"], default="adamw",
                         help="adamw also times the fast 'previous' Adam denominator")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    parser.add_argument("--memory-steps", type=int, default=10,
+                        help="steps each peak-memory subprocess trains (its peak grows over many steps)")
     parser.add_argument("--no-torch-func", action="store_true", help="skip the torch.func baseline")
     parser.add_argument("--no-thp", action="store_true",
                         help="run without transparent huge pages for torch's CPU tensors (THP_MEM_ALLOC_ENABLE)")
@@ -237,9 +245,9 @@ def main() -> None:
     memory, growth, live = {}, {}, {}
     if not args.no_memory:
         for mode in modes:
-            peak, base = peak_memory_mb(size_name, mode, args.optimizer)
+            peak, base = peak_memory_mb(size_name, mode, args.optimizer, steps=args.memory_steps)
             memory[mode], growth[mode] = peak, peak - base
-            live[mode] = peak_memory_mb(size_name, mode, args.optimizer, live=True)[0]
+            live[mode] = peak_memory_mb(size_name, mode, args.optimizer, live=True, steps=args.memory_steps)[0]
 
     def mem_ratio(table: dict, mode: str):
         return round(table[mode] / table["plain"], 4) if mode in table else None
@@ -283,7 +291,8 @@ def main() -> None:
         "optimizer": args.optimizer,
         "huge_pages": os.environ.get("THP_MEM_ALLOC_ENABLE") == "1",
         **memory_settings(),
-        "sizes": dict(size, reps=reps, size=size_name, threads=torch.get_num_threads()),
+        "sizes": dict(size, reps=reps, size=size_name, threads=torch.get_num_threads(),
+                      memory_steps=None if args.no_memory else args.memory_steps),
     }
     if args.json:
         print(json.dumps(result))
