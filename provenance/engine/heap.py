@@ -1,9 +1,10 @@
 """Give the memory a step freed back to the operating system (EngineConfig.release_memory; off by default).
 
 glibc's malloc keeps freed chunks below its mmap threshold (which it raises up to 32 MB) resident in the
-process heap for reuse. The engine's transient memory (per-row blocks kept in 16 MB pieces until backward
-ends, kept inputs, target directions) then stays resident into the next step's forward pass, under its
-activations, and that sum sets the process's peak. Calling ``malloc_trim`` before each forward pass
+process heap for reuse. The engine's transient memory under that threshold (kept inputs and output
+gradients, linearization temporaries; per-row blocks kept from backward were too until session 9, now one
+mapping per call) then stays resident into the next step's forward pass, under its activations, and over
+many steps the heap fragments and grows (docs/engine.md). Calling ``malloc_trim`` before each forward pass
 returns it; the price is that the next step faults that memory in again. Measured at the benchmark size
 (bench/engine.py, peak RSS as a multiple of plain training's): second order 1.34 -> 1.26, 16 targets
 1.34 -> 1.15; the time cost, measured in absolute step times of alternating runs, was +8% (first and
