@@ -6,8 +6,8 @@
     python bench/engine.py --json     # one JSON line
 
 Peak memory is measured per configuration in a fresh subprocess (VmHWM after --memory-steps steps, default
-10), because a process's peak cannot be reset between configurations; "step memory" subtracts the RSS after imports and
-model build, i.e. what training itself adds.
+10), because a process's peak cannot be reset between configurations; "step memory" subtracts the RSS after
+imports and model build, i.e. what training itself adds.
 """
 
 from __future__ import annotations

@@ -406,7 +406,7 @@ class AttributionEngine:
             and (whole_step or needs_gradient(self.optimizer, p, self.config.adam_denominator))
         ]
 
-    def _early_params(self, deferred: list[nn.Parameter], micro_batches: int, rows: int) -> set[int]:
+    def _early_params(self, late: list[nn.Parameter], micro_batches: int, rows: int) -> set[int]:
         """Adam's "current" denominator needs the step's (clipped) gradient. A matmul weight the engine forms
         from per-row blocks in one call has its whole batch gradient in backward; if this step is unclipped
         (clip factor 1), the denominator the optimizer will apply is known right there, so the weight can be
@@ -426,7 +426,7 @@ class AttributionEngine:
         budget = self.config.memory_budget_mb * 2**20
         return {
             id(p)
-            for p in deferred
+            for p in late
             if len(self._uses_of[id(p)]) == 1
             and id(p) in self._owned_ids
             and isinstance(self._uses_of[id(p)][0].rule, rules.linear.MatmulRule)
@@ -501,13 +501,14 @@ class AttributionEngine:
                 return contrib, "ghost"
         return use.rule.dot(use.module, use.pname, record.saved, record.grad, z, False, state.budget)
 
-    def _stored_uses(self, deferred: list[nn.Parameter], rows: int) -> set[tuple[str, str]]:
-        """Uses of deferred parameters whose per-row gradients are kept from backward, within keep_rows_mb."""
+    def _stored_uses(self, late: list[nn.Parameter], rows: int) -> set[tuple[str, str]]:
+        """Uses of late parameters (valued after backward) whose per-row gradients are kept from backward,
+        within keep_rows_mb."""
         # Owned weights: their per-row blocks exist anyway. Others: only vectors (biases, norm scales), whose
         # per-row gradients are cheap; a matmul weight autograd forms would need a second matmul either way.
         uses = [
             (use, p)
-            for p in deferred
+            for p in late
             for use in self._uses_of[id(p)]
             if use.rule.keeps_rows(use.pname) and (id(p) in self._owned_ids or p.dim() <= 1)
         ]
