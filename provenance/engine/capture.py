@@ -116,3 +116,8 @@ class Capturer:
             yield store
         finally:
             self._store = None
+            # A leaf's gradient hook refers back to the store: kept past the pass, the leaf (an activation of
+            # rows x tokens x width), its gradient and its record would be a reference cycle, freed only by
+            # Python's cyclic collector at some later time, long after their step, where they pin and
+            # fragment glibc's heap (the peak grew every step). Backward and autograd.grad run inside the block.
+            store.leaves.clear()

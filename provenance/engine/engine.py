@@ -610,7 +610,6 @@ class AttributionEngine:
                     inputs = others + store.leaves  # autograd only runs the branches these need
                     if inputs:
                         torch.autograd.grad(losses.sum(), inputs, allow_unused=True)
-                store.leaves.clear()
             finally:
                 for p in self._owned:
                     p.requires_grad_(True)
