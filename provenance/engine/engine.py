@@ -92,6 +92,10 @@ class _StepState:
     early: set[int] = field(default_factory=set)  # Adam "current": valued in backward if the step is unclipped
     predict_unclipped: bool = False  # the previous step was unclipped
     early_parts: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)  # values, history
+    split: set[int] = field(default_factory=set)  # tied output heads valued in backward on untouched rows
+    touched: dict[int, torch.Tensor] = field(default_factory=dict)  # their rows the embedding use touches
+    split_parts: dict[int, torch.Tensor] = field(default_factory=dict)  # values of the untouched rows
+    store: CaptureStore | None = None  # the training pass's records
 
 
 class AttributionEngine:
@@ -259,7 +263,11 @@ class AttributionEngine:
         if late and not self.config.per_token:
             state.early = self._early_params(late, len(micro_batches), local_rows)
             state.predict_unclipped = bool(k) and self._last_clip == 1.0
-            state.stored = self._stored_uses([p for p in late if id(p) not in state.early], local_rows)
+            if k:
+                state.split = self._split_params(late, len(micro_batches))
+            state.stored = self._stored_uses(
+                [p for p in late if id(p) not in state.early and id(p) not in state.split], local_rows
+            )
         if pre:
             state.pre = pre
             state.values = torch.zeros(local_rows, k, dtype=dtype)
@@ -281,6 +289,7 @@ class AttributionEngine:
             on_grad=self._on_train_grad,
             calls=state.calls,
         )
+        state.store = train_store
         step_loss = 0.0
         for p in self._owned:
             p.requires_grad_(False)
@@ -325,6 +334,7 @@ class AttributionEngine:
         self._last_clip = clip
         if clip != 1.0:  # clipped: the denominators formed in backward are not the optimizer's; re-derive
             state.early_parts.clear()
+            state.split_parts.clear()
         if deferred:
             lin = self._linearize(clipped=True, only={id(p) for p in deferred if id(p) not in state.early_parts})
             first, second, per_token, late_history = self._values_after(train_store, state, lin, clip, k)
@@ -362,6 +372,9 @@ class AttributionEngine:
         for p, use in self._uses_by_module.get(record.module_name, []):
             if id(p) in state.early:
                 self._value_early(p, use, record, state)
+                continue
+            if id(p) in state.split and isinstance(use.rule, rules.linear.MatmulRule):
+                self._value_split(p, use, record, state)
                 continue
             if (use.module_name, use.pname) in state.stored:
                 self._keep_rows(p, use, record, state)
@@ -454,6 +467,97 @@ class AttributionEngine:
             state.early_parts[id(p)] = (use.rule.dot_rows(use.module, use.pname, pieces, z), history)
         finally:
             self._pool.give(buffer)
+
+    def _split_params(self, late: list[nn.Parameter], micro_batches: int) -> set[int]:
+        """Tied output heads (one matmul use of the weight, stored (vocab, width), and one embedding use)
+        under Adam's "current" denominator. Their per-row blocks would be kept through backward (rows x vocab x
+        width: 403 MB with 16 rows at vocab 8192, width 768), formed at the very start of backward where every
+        activation is still alive, i.e. at the step's memory peak. But the rows of the weight that no token of
+        the batch embeds get no gradient from the embedding use, so their part of the denominator, hence of
+        the direction, is known as soon as the head's gradient is (if the step is unclipped): those rows are
+        valued in backward, a few weight rows at a time (_value_split), and only the touched rows' blocks are
+        re-derived after backward from the head's kept input and output gradient. A step that turns out
+        clipped re-derives all rows after backward instead (one more matmul of the head's size): done even
+        when the previous step was clipped, so that no step keeps the blocks and sets the run's peak."""
+        if (
+            micro_batches != 1
+            or self._group is not None
+            or self.config.order != 1
+            or self.config.per_token
+            or self.config.adam_denominator != "current"
+            or isinstance(self.optimizer, torch.optim.SGD)
+        ):
+            return set()
+        chosen = set()
+        for p in late:
+            uses = self._uses_of[id(p)]
+            matmul = [u for u in uses if isinstance(u.rule, rules.linear.MatmulRule)]
+            embedding = [u for u in uses if isinstance(u.rule, rules.embedding.EmbeddingRule)]
+            if (
+                len(uses) == 2
+                and len(matmul) == 1
+                and len(embedding) == 1
+                and id(p) in self._owned_ids
+                and matmul[0].pname == "weight"
+                and not matmul[0].rule.transposed
+                and p.dim() == 2
+            ):
+                chosen.add(id(p))
+        return chosen
+
+    def _value_split(self, p: nn.Parameter, use: _Use, record: Record, state: _StepState) -> None:
+        """Form a tied head's batch gradient (summed as the stored route sums it: training is the same) and
+        value the weight rows the embedding use leaves untouched, with the denominator the optimizer will
+        apply if the step is unclipped (_split_params)."""
+        embedding = next(u for u in self._uses_of[id(p)] if u is not use)
+        ids = [r.saved for r in state.store.records if r.module_name == embedding.module_name
+               and r.micro_batch == record.micro_batch] if state.store is not None else []
+        single = state.calls.get((record.micro_batch, use.module_name), 0) == 1
+        if not single or not ids:  # fall back: the whole head is valued after backward from its kept record
+            state.split.discard(id(p))
+            total, _ = use.rule.grad_and_dot_by_weight_rows(use.module, record.saved, record.grad,
+                                                              lambda rows, grad: None, state.budget)
+            self._add_grad(p, use, total)
+            return
+        touched = torch.zeros(p.shape[0], dtype=torch.bool)
+        for saved in ids:
+            touched[saved[saved >= 0]] = True
+        group = self._groups[id(p)]
+        dtype = state.value_dtype
+
+        def direction_of(rows: slice, grad_rows: torch.Tensor) -> torch.Tensor:
+            entry = linearize(self.optimizer, p, group, grad_rows, "current", rows=rows)
+            z = entry.scale_in_place(self._target_gradient_rows(p, state.target_records, dtype, rows))
+            z[:, touched[rows]] = 0
+            return z
+
+        # A chunk's blocks (rows x width x din) and its K directions (K x width x din) exist at once, at the
+        # step's memory peak: keep both small (_SPLIT_CHUNK_ELEMS in all, split in proportion).
+        rows = record.grad.shape[0]
+        chunk = _SPLIT_CHUNK_ELEMS * rows // (rows + self._num_targets)
+        total, values = use.rule.grad_and_dot_by_weight_rows(use.module, record.saved, record.grad, direction_of,
+                                                              chunk)
+        self._add_grad(p, use, total)
+        state.touched[id(p)] = touched.nonzero().flatten()
+        state.split_parts[id(p)] = values
+        self.routes[f"{use.module_name}.{use.pname}"] = "split"
+
+    def _target_gradient_rows(self, p: nn.Parameter, records: dict[str, list[Record]], dtype,
+                              rows: slice) -> torch.Tensor:
+        """Rows `rows` of each target's gradient of a tied head (its matmul use, then its embedding use)."""
+        g_v = None
+        for use in self._gradient_uses[id(p)]:
+            for record in records.get(use.module_name, []):
+                if isinstance(use.rule, rules.linear.MatmulRule):
+                    part = use.rule.grads_of_weight_rows(use.module, record.saved, record.grad, dtype, rows)
+                    g_v = part if g_v is None else g_v.add_(part)
+                else:
+                    if g_v is None:
+                        g_v = torch.zeros(self._num_targets, rows.stop - rows.start, p.shape[1], dtype=dtype)
+                    use.rule.add_grads_of_weight_rows(use.module, record.saved, record.grad, g_v, rows)
+        if g_v is None:
+            g_v = torch.zeros(self._num_targets, rows.stop - rows.start, p.shape[1], dtype=dtype)
+        return g_v
 
     def _done_with_call(self, p: nn.Parameter, micro_batch: int, state: _StepState) -> None:
         """Count down the calls of p's modules in this micro-batch; after the last one of the last
@@ -694,7 +798,16 @@ class AttributionEngine:
             z = _with_second_order(first, buffer, entry, hvps.pop(id(p)).to(dtype)) if order2 else first
             z.mul_(clip)
             del g_v, first
+            split = state.split_parts.pop(id(p), None)
             for use in uses:
+                if split is not None and isinstance(use.rule, rules.linear.MatmulRule):
+                    # Untouched rows valued in backward; the touched rows' blocks re-derived here.
+                    for record in train_records.get(use.module_name, []):
+                        start, stop = state.offsets[record.micro_batch], state.offsets[record.micro_batch + 1]
+                        touched = use.rule.dot_weight_rows(use.module, record.saved, record.grad, z,
+                                                           state.touched[id(p)], state.budget)
+                        out[start:stop] += split + touched
+                    continue
                 if id(p) in state.early:  # not valued in backward (clipped step): the same blocks again
                     for record in train_records.get(use.module_name, []):
                         _, per_row = use.rule.grad_and_rows(use.module, use.pname, record.saved, record.grad, reuse=True)
@@ -732,6 +845,7 @@ class AttributionEngine:
 
 
 _MMAP_THRESHOLD_MAX = 32 * 2**20
+_SPLIT_CHUNK_ELEMS = 16 * 2**20  # a tied head's blocks and directions for a few weight rows (_value_split)
 
 
 def _with_second_order(first: torch.Tensor, buffer: torch.Tensor, entry: Linearization, hvp: torch.Tensor):

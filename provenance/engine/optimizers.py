@@ -153,15 +153,21 @@ def linearize(
     group: dict,
     clipped_grad: torch.Tensor | None,
     denominator: str = "previous",
+    rows: slice | None = None,
 ) -> Linearization:
     """Coefficient (without the clip factor k) and history part of this parameter's coming update.
 
-    Called before optimizer.step(). clipped_grad may be None when needs_gradient() is False.
+    Called before optimizer.step(). clipped_grad may be None when needs_gradient() is False. rows: the
+    linearization of rows `rows` (dim 0) of the parameter only (clipped_grad then holds those rows); every
+    update is elementwise, so it equals those rows of the whole parameter's.
     """
     lr = _scalar(group["lr"])
     wd = _scalar(group.get("weight_decay", 0.0))
     state = optimizer.state.get(param, {})
-    p = param.detach()
+    if rows is not None:
+        state = {key: value[rows] if isinstance(value, torch.Tensor) and value.dim() else value
+                 for key, value in state.items()}
+    p = param.detach() if rows is None else param.detach()[rows]
     if isinstance(optimizer, torch.optim.SGD):
         mu = _scalar(group.get("momentum", 0.0))
         damp = _scalar(group.get("dampening", 0.0))

@@ -59,3 +59,42 @@ def test_kept_pieces_are_the_per_row_gradients_in_one_allocation(module, rows_pe
             part += row
         expected += part
     assert torch.equal(total, expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("tokens", [3, 7, 64])
+@pytest.mark.parametrize("chunk_elems", [1, 5000, 10**8], ids=["min-rows", "several", "whole"])
+def test_blocks_by_weight_rows_sum_as_the_kept_pieces(dtype, tokens, chunk_elems, monkeypatch):
+    """A tied output head valued in backward forms its blocks a few weight rows at a time: the batch gradient
+    must be bit for bit the stored route's (training does not depend on the route), the dots each row's
+    gradient with the direction the callback gives for those weight rows (against float64 einsum), and the
+    touched rows' dots re-derived after backward likewise."""
+    monkeypatch.setattr(linear, "_ROW_PIECE_BYTES", 2 * 300 * 16 * 8)  # pieces of two rows, as at real sizes
+    module = nn.Linear(16, 300, bias=False).to(dtype)
+    rule = linear.LinearRule()
+    g = torch.Generator().manual_seed(5)
+    rows, k = 5, 3
+    saved = torch.randn(rows, tokens, 16, generator=g, dtype=dtype)
+    grad = torch.randn(rows, tokens, 300, generator=g, dtype=dtype)
+    z = torch.randn(k, 300, 16, generator=g, dtype=dtype)
+    seen = []
+
+    def direction_of(weight_rows, grad_rows):
+        seen.append((weight_rows.start, weight_rows.stop))
+        return z[:, weight_rows]
+
+    linear.release_scratch()
+    total, values = rule.grad_and_dot_by_weight_rows(module, saved, grad, direction_of, chunk_elems)
+    stored, _ = rule.grad_and_rows(module, "weight", saved, grad)
+    assert torch.equal(total, stored)
+    widths = [stop - start for start, stop in seen]
+    assert seen[0][0] == 0 and seen[-1][1] == 300 and all(a[1] == b[0] for a, b in zip(seen, seen[1:]))
+    assert min(widths) >= linear._MIN_CHUNK_ROWS and (len(seen) > 1) == (chunk_elems < 10**8)
+    per_row = torch.einsum("rnd,rno->rod", saved.double(), grad.double())
+    expected = torch.einsum("rod,kod->rk", per_row, z.double())
+    tol = 1e-12 if dtype == torch.float64 else 1e-4
+    torch.testing.assert_close(values.double(), expected, rtol=tol, atol=tol)
+    index = torch.tensor([0, 7, 64, 65, 299])
+    touched = rule.dot_weight_rows(module, saved, grad, z, index, budget_elems=rows * 16 * 2)
+    torch.testing.assert_close(touched.double(), torch.einsum("rod,kod->rk", per_row[:, index], z.double()[:, index]),
+                               rtol=tol, atol=tol)

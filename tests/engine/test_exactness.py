@@ -279,6 +279,8 @@ def test_adam_current_valued_in_backward_when_unclipped(model_name: str, monkeyp
     check_outcome(outcome, order=1, clipped=False)
     early = [name for name, route in outcome.result.routes.items() if route == "backward"]
     assert early, outcome.result.routes
+    if model_name == "gpt2":  # the tied head: untouched rows in backward (test_tied_head_valued_in_backward...)
+        assert outcome.result.routes["lm_head.weight"] == "split", outcome.result.routes
     monkeypatch.setattr(AttributionEngine, "_early_params", _never_early)
     stored = run_case(model_name, "adamw", order=1, max_grad_norm=1e6)
     assert all(stored.result.routes[name] == "stored" for name in early), stored.result.routes
@@ -304,6 +306,31 @@ def test_adam_current_predicted_unclipped_but_clipped(model_name: str, monkeypat
     assert torch.equal(natural.result.values_first, outcome.result.values_first)
     assert torch.equal(natural.result.history_term, outcome.result.history_term)
     assert MatrixError.of(outcome.result.values_first, stored.result.values_first).within(1e-12)
+
+
+@pytest.mark.parametrize("chunk_elems", [1, 40 * 32 * 8], ids=["one-weight-row-a-chunk", "several-rows-a-chunk"])
+def test_tied_head_valued_in_backward_on_untouched_rows(chunk_elems: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """GPT-2's tied wte/lm_head under Adam "current", unclipped steps: the head's rows that no token of the
+    batch embeds are valued inside backward, a few weight rows at a time, and only the touched rows' blocks
+    are re-derived after it (no rows x vocab x width blocks kept through backward). Per-row blocks summed in
+    pieces of two rows, as the output head's are at real sizes. Exact against the brute force; training bit
+    for bit that of the stored route (the same sums); values equal to rounding."""
+    import provenance.engine.engine as engine_impl
+    from provenance.engine.rules import linear
+    from .tiny_models import VOCAB
+
+    monkeypatch.setattr(linear, "_ROW_PIECE_BYTES", 2 * VOCAB * 32 * 8)
+    monkeypatch.setattr(engine_impl, "_SPLIT_CHUNK_ELEMS", chunk_elems)
+    monkeypatch.setattr(linear, "_MIN_CHUNK_ROWS", 24)  # vocabulary 97: chunks of 25 and 22 weight rows
+    outcome = run_case("gpt2", "adamw", order=1, max_grad_norm=1e6)
+    check_outcome(outcome, order=1, clipped=False)
+    assert outcome.result.routes["lm_head.weight"] == "split", outcome.result.routes
+    monkeypatch.setattr(AttributionEngine, "_split_params", _never_early)
+    stored = run_case("gpt2", "adamw", order=1, max_grad_norm=1e6)
+    assert stored.result.routes["lm_head.weight"] == "stored", stored.result.routes
+    assert all(torch.equal(outcome.engine_update[n], stored.engine_update[n]) for n in stored.engine_update)
+    assert MatrixError.of(outcome.result.values_first, stored.result.values_first).within(1e-12)
+    assert MatrixError.of(outcome.result.history_term, stored.result.history_term).within(1e-12)
 
 
 def test_matmul_weight_gradients_with_adam() -> None:

@@ -50,6 +50,15 @@ class EmbeddingRule(LayerRule):
         row_index = torch.arange(rows, device=ids.device).unsqueeze(1).expand_as(ids)
         into.index_put_((row_index[valid], ids[valid]), b[valid], accumulate=True)
 
+    def add_grads_of_weight_rows(self, module, saved, grad, into, rows: slice) -> None:
+        """add_grads restricted to weight rows `rows` (token ids start..stop): `into` is (K, len, dim)."""
+        n = saved.shape[0]
+        ids = saved.reshape(n, -1)
+        b = grad.reshape(n, ids.shape[1], -1).to(into.dtype)
+        valid = (ids >= rows.start) & (ids < rows.stop)
+        row_index = torch.arange(n, device=ids.device).unsqueeze(1).expand_as(ids)
+        into.index_put_((row_index[valid], ids[valid] - rows.start), b[valid], accumulate=True)
+
     def keeps_rows(self, pname: str) -> bool:
         return False  # a row's gradient is dense (vocab, dim) though it touches few rows: gather after instead
 

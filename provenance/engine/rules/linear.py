@@ -27,6 +27,7 @@ except Exception:  # pragma: no cover
 
 _SCRATCH: dict[torch.dtype, torch.Tensor] = {}
 _ROW_PIECE_BYTES = 16 * 2**20
+_MIN_CHUNK_ROWS = 64
 
 
 def _scratch(dtype: torch.dtype, numel: int) -> torch.Tensor:
@@ -129,6 +130,60 @@ class MatmulRule(LayerRule):
         for piece in pieces[1:]:  # a one-row piece is its own sum: no temporary (same numbers)
             total += piece[0] if piece.shape[0] == 1 else piece.sum(dim=0)
         return total.reshape(weight.shape), pieces
+
+    def grad_and_dot_by_weight_rows(self, module, saved, grad, direction_of, chunk_elems):
+        """The batch gradient, summed exactly as grad_and_rows sums it, and each row's dots with a direction
+        known only row by row: blocks are formed for a few rows of the weight (output features) at a time,
+        summed, and `direction_of(rows, gradient of those rows)` gives (K, len(rows), din) (None: no dots).
+        Only a chunk of blocks exists at once (a tied output head's are rows x vocab x width). (total, (rows, K))."""
+        if self.transposed:
+            raise ValueError("grad_and_dot_by_weight_rows needs a weight stored (out, in)")
+        a, b = self.factors(module, saved, grad)
+        weight = module.weight
+        a, b = a.to(weight.dtype), b.to(weight.dtype)
+        rows, _, din = a.shape
+        dout = b.shape[2]
+        step = max(1, _ROW_PIECE_BYTES // (dout * din * weight.element_size()))  # grad_and_rows' pieces
+        # Chunks of at least _MIN_CHUNK_ROWS weight rows, of even widths: the matmul then gives each block
+        # element bit for bit as the whole-weight matmul does (MKL took another path for 1-5 output rows with
+        # few tokens), so the batch gradient, hence training, is that of grad_and_rows (tested).
+        most = max(_MIN_CHUNK_ROWS, chunk_elems // max(1, rows * din))
+        chunks = max(1, min(-(-dout // most), dout // _MIN_CHUNK_ROWS))
+        width = -(-dout // chunks)
+        buffer = _scratch(weight.dtype, rows * width * din)
+        total = torch.empty(dout, din, dtype=weight.dtype)
+        values = None
+        for start in range(0, dout, width):
+            stop = min(dout, start + width)
+            blocks = self._blocks(a, b[:, :, start:stop], out=buffer)  # (rows, stop - start, din)
+            part = total[start:stop]
+            part.copy_(blocks[:step].sum(dim=0))
+            for i in range(step, rows, step):
+                part += blocks[i] if min(rows, i + step) - i == 1 else blocks[i : i + step].sum(dim=0)
+            z = direction_of(slice(start, stop), part)
+            if z is not None:
+                dots = blocks.reshape(rows, -1).to(z.dtype) @ z.reshape(z.shape[0], -1).T
+                values = dots if values is None else values + dots
+        return total, values
+
+    def dot_weight_rows(self, module, saved, grad, z, index, budget_elems):
+        """Dots of each row's gradient with z over the weight rows `index` only, (rows, K): their blocks are
+        re-derived from the kept input and output gradient, a few rows at a time."""
+        a, b = self.factors(module, saved, grad)
+        a, b = a.to(z.dtype), b.to(z.dtype)
+        rows, _, din = a.shape
+        width = max(1, budget_elems // max(1, rows * din))
+        out = a.new_zeros(rows, z.shape[0])
+        for start in range(0, index.numel(), width):
+            chunk = index[start : start + width]
+            blocks = self._blocks(a, b[:, :, chunk])  # (rows, len(chunk), din)
+            out += blocks.reshape(rows, -1) @ z[:, chunk].reshape(z.shape[0], -1).T
+        return out
+
+    def grads_of_weight_rows(self, module, saved, grad, dtype, rows: slice):
+        """Each row's (here: each target's) weight gradient restricted to weight rows `rows`: (K, len, din)."""
+        a, b = self.factors(module, saved, grad)
+        return self._blocks(a.to(dtype), b[:, :, rows].to(dtype))
 
     def dot_rows(self, module, pname, per_row, z):
         if pname == "bias":
