@@ -94,7 +94,8 @@ class _StepState:
     early_parts: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)  # values, history
     split: set[int] = field(default_factory=set)  # tied output heads valued in backward on untouched rows
     touched: dict[int, torch.Tensor] = field(default_factory=dict)  # their rows the embedding use touches
-    split_parts: dict[int, torch.Tensor] = field(default_factory=dict)  # values of the untouched rows
+    split_parts: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)  # untouched rows:
+    # values, history
     store: CaptureStore | None = None  # the training pass's records
 
 
@@ -335,8 +336,11 @@ class AttributionEngine:
         if clip != 1.0:  # clipped: the denominators formed in backward are not the optimizer's; re-derive
             state.early_parts.clear()
             state.split_parts.clear()
+        for key in set(state.split_parts) - {id(p) for p in deferred}:
+            del state.split_parts[key]
         if deferred:
-            lin = self._linearize(clipped=True, only={id(p) for p in deferred if id(p) not in state.early_parts})
+            valued = state.early_parts.keys() | state.split_parts.keys()
+            lin = self._linearize(clipped=True, only={id(p) for p in deferred if id(p) not in valued})
             first, second, per_token, late_history = self._values_after(train_store, state, lin, clip, k)
             values_first += first
             history += late_history
@@ -525,10 +529,14 @@ class AttributionEngine:
         group = self._groups[id(p)]
         dtype = state.value_dtype
 
+        history = torch.zeros(self._num_targets, dtype=dtype)
+
         def direction_of(rows: slice, grad_rows: torch.Tensor) -> torch.Tensor:
             entry = linearize(self.optimizer, p, group, grad_rows, "current", rows=rows)
-            z = entry.scale_in_place(self._target_gradient_rows(p, state.target_records, dtype, rows))
-            z[:, touched[rows]] = 0
+            g_v = self._target_gradient_rows(p, state.target_records, dtype, rows)
+            g_v[:, touched[rows]] = 0  # touched rows: valued after backward
+            z, carried = entry.direction_and_history(g_v)
+            history.add_(carried)
             return z
 
         # A chunk's blocks (rows x width x din) and its K directions (K x width x din) exist at once, at the
@@ -539,12 +547,14 @@ class AttributionEngine:
                                                               chunk)
         self._add_grad(p, use, total)
         state.touched[id(p)] = touched.nonzero().flatten()
-        state.split_parts[id(p)] = values
+        state.split_parts[id(p)] = (values, history)
         self.routes[f"{use.module_name}.{use.pname}"] = "split"
 
     def _target_gradient_rows(self, p: nn.Parameter, records: dict[str, list[Record]], dtype,
-                              rows: slice) -> torch.Tensor:
-        """Rows `rows` of each target's gradient of a tied head (its matmul use, then its embedding use)."""
+                              rows: slice | torch.Tensor) -> torch.Tensor:
+        """Rows `rows` (a slice or an index) of each target's gradient of a tied head (its matmul use, then its
+        embedding use): (K, rows, width)."""
+        size = rows.stop - rows.start if isinstance(rows, slice) else rows.numel()
         g_v = None
         for use in self._gradient_uses[id(p)]:
             for record in records.get(use.module_name, []):
@@ -553,11 +563,27 @@ class AttributionEngine:
                     g_v = part if g_v is None else g_v.add_(part)
                 else:
                     if g_v is None:
-                        g_v = torch.zeros(self._num_targets, rows.stop - rows.start, p.shape[1], dtype=dtype)
+                        g_v = torch.zeros(self._num_targets, size, p.shape[1], dtype=dtype)
                     use.rule.add_grads_of_weight_rows(use.module, record.saved, record.grad, g_v, rows)
         if g_v is None:
-            g_v = torch.zeros(self._num_targets, rows.stop - rows.start, p.shape[1], dtype=dtype)
+            g_v = torch.zeros(self._num_targets, size, p.shape[1], dtype=dtype)
         return g_v
+
+    def _value_touched_rows(self, p: nn.Parameter, state: _StepState, train_records: dict[str, list[Record]],
+                            untouched: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """After backward, a split head's touched rows (their denominator includes the embedding use's
+        gradient): their blocks re-derived from the head's kept record and dotted with their directions,
+        added to the untouched rows' values and history formed in backward. ((rows, K), (K,))"""
+        values, history = untouched
+        index = state.touched[id(p)]
+        dtype = state.value_dtype
+        entry = linearize(self.optimizer, p, self._groups[id(p)], p.grad.detach()[index], "current", rows=index)
+        z, carried = entry.direction_and_history(self._target_gradient_rows(p, state.target_records, dtype, index))
+        values = values.clone()
+        for use in self._uses_of[id(p)]:  # the head's blocks of those rows, and the embedding use's rows
+            for record in train_records.get(use.module_name, []):
+                values += use.rule.dot_weight_rows(use.module, record.saved, record.grad, z, index, state.budget)
+        return values, history + carried
 
     def _done_with_call(self, p: nn.Parameter, micro_batch: int, state: _StepState) -> None:
         """Count down the calls of p's modules in this micro-batch; after the last one of the last
@@ -788,6 +814,12 @@ class AttributionEngine:
                 history += early[1]
                 self.routes[f"{uses[0].module_name}.{uses[0].pname}"] = "backward"
                 continue
+            split = state.split_parts.pop(id(p), None)
+            if split is not None:  # a tied head valued on its untouched rows in backward: the touched rows
+                split_values, split_history = self._value_touched_rows(p, state, train_records, split)
+                out += split_values
+                history += split_history
+                continue
             entry = lin.get(id(p))
             if entry is None:
                 continue  # not updated by the optimizer: no player moves it
@@ -798,16 +830,7 @@ class AttributionEngine:
             z = _with_second_order(first, buffer, entry, hvps.pop(id(p)).to(dtype)) if order2 else first
             z.mul_(clip)
             del g_v, first
-            split = state.split_parts.pop(id(p), None)
             for use in uses:
-                if split is not None and isinstance(use.rule, rules.linear.MatmulRule):
-                    # Untouched rows valued in backward; the touched rows' blocks re-derived here.
-                    for record in train_records.get(use.module_name, []):
-                        start, stop = state.offsets[record.micro_batch], state.offsets[record.micro_batch + 1]
-                        touched = use.rule.dot_weight_rows(use.module, record.saved, record.grad, z,
-                                                           state.touched[id(p)], state.budget)
-                        out[start:stop] += split + touched
-                    continue
                 if id(p) in state.early:  # not valued in backward (clipped step): the same blocks again
                     for record in train_records.get(use.module_name, []):
                         _, per_row = use.rule.grad_and_rows(use.module, use.pname, record.saved, record.grad, reuse=True)

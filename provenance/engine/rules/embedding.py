@@ -50,14 +50,38 @@ class EmbeddingRule(LayerRule):
         row_index = torch.arange(rows, device=ids.device).unsqueeze(1).expand_as(ids)
         into.index_put_((row_index[valid], ids[valid]), b[valid], accumulate=True)
 
-    def add_grads_of_weight_rows(self, module, saved, grad, into, rows: slice) -> None:
-        """add_grads restricted to weight rows `rows` (token ids start..stop): `into` is (K, len, dim)."""
+    @staticmethod
+    def _positions(module, ids: torch.Tensor, rows) -> torch.Tensor:
+        """Each id's position among weight rows `rows` (a slice or an index), -1 where it is not one of them."""
+        where = torch.full((module.weight.shape[0] + 1,), -1, dtype=torch.long)  # last entry: padding (-1)
+        if isinstance(rows, slice):
+            where[rows.start : rows.stop] = torch.arange(rows.stop - rows.start)
+        else:
+            where[rows] = torch.arange(rows.numel())
+        return where[ids]
+
+    def add_grads_of_weight_rows(self, module, saved, grad, into, rows) -> None:
+        """add_grads restricted to weight rows `rows` (a slice or an index of token ids): `into` (K, len, dim)."""
         n = saved.shape[0]
         ids = saved.reshape(n, -1)
         b = grad.reshape(n, ids.shape[1], -1).to(into.dtype)
-        valid = (ids >= rows.start) & (ids < rows.stop)
+        position = self._positions(module, ids, rows)
+        valid = position >= 0
         row_index = torch.arange(n, device=ids.device).unsqueeze(1).expand_as(ids)
-        into.index_put_((row_index[valid], ids[valid] - rows.start), b[valid], accumulate=True)
+        into.index_put_((row_index[valid], position[valid]), b[valid], accumulate=True)
+
+    def dot_weight_rows(self, module, saved, grad, z, index, budget_elems):
+        """Dots of each row's gradient with z (K, len(index), dim), the direction of weight rows `index`
+        (which must hold every id the rows embed): (rows, K)."""
+        n = saved.shape[0]
+        ids = saved.reshape(n, -1)
+        position = self._positions(module, ids, index)
+        if bool(((ids >= 0) & (position < 0)).any()):
+            raise ValueError("dot_weight_rows: an embedded id is not among the given weight rows")
+        b = grad.reshape(n, ids.shape[1], -1).to(z.dtype)
+        safe = position.clamp(min=0)
+        valid = (position >= 0).unsqueeze(2).to(z.dtype)
+        return torch.stack([(z[j][safe] * b * valid).sum(dim=(1, 2)) for j in range(z.shape[0])], dim=1)
 
     def keeps_rows(self, pname: str) -> bool:
         return False  # a row's gradient is dense (vocab, dim) though it touches few rows: gather after instead

@@ -167,8 +167,8 @@ class MatmulRule(LayerRule):
         return total, values
 
     def dot_weight_rows(self, module, saved, grad, z, index, budget_elems):
-        """Dots of each row's gradient with z over the weight rows `index` only, (rows, K): their blocks are
-        re-derived from the kept input and output gradient, a few rows at a time."""
+        """Dots of each row's gradient with z (K, len(index), din), the direction of weight rows `index` only:
+        (rows, K). Their blocks are re-derived from the kept input and output gradient, a few rows at a time."""
         a, b = self.factors(module, saved, grad)
         a, b = a.to(z.dtype), b.to(z.dtype)
         rows, _, din = a.shape
@@ -177,11 +177,12 @@ class MatmulRule(LayerRule):
         for start in range(0, index.numel(), width):
             chunk = index[start : start + width]
             blocks = self._blocks(a, b[:, :, chunk])  # (rows, len(chunk), din)
-            out += blocks.reshape(rows, -1) @ z[:, chunk].reshape(z.shape[0], -1).T
+            out += blocks.reshape(rows, -1) @ z[:, start : start + width].reshape(z.shape[0], -1).T
         return out
 
-    def grads_of_weight_rows(self, module, saved, grad, dtype, rows: slice):
-        """Each row's (here: each target's) weight gradient restricted to weight rows `rows`: (K, len, din)."""
+    def grads_of_weight_rows(self, module, saved, grad, dtype, rows):
+        """Each row's (here: each target's) weight gradient restricted to weight rows `rows` (a slice or an
+        index): (K, len, din)."""
         a, b = self.factors(module, saved, grad)
         return self._blocks(a.to(dtype), b[:, :, rows].to(dtype))
 
