@@ -336,8 +336,6 @@ class AttributionEngine:
         if clip != 1.0:  # clipped: the denominators formed in backward are not the optimizer's; re-derive
             state.early_parts.clear()
             state.split_parts.clear()
-        for key in set(state.split_parts) - {id(p) for p in deferred}:
-            del state.split_parts[key]
         if deferred:
             valued = state.early_parts.keys() | state.split_parts.keys()
             lin = self._linearize(clipped=True, only={id(p) for p in deferred if id(p) not in valued})
@@ -528,7 +526,6 @@ class AttributionEngine:
             touched[saved[saved >= 0]] = True
         group = self._groups[id(p)]
         dtype = state.value_dtype
-
         history = torch.zeros(self._num_targets, dtype=dtype)
 
         def direction_of(rows: slice, grad_rows: torch.Tensor) -> torch.Tensor:
@@ -583,6 +580,7 @@ class AttributionEngine:
         for use in self._uses_of[id(p)]:  # the head's blocks of those rows, and the embedding use's rows
             for record in train_records.get(use.module_name, []):
                 values += use.rule.dot_weight_rows(use.module, record.saved, record.grad, z, index, state.budget)
+            self.routes[f"{use.module_name}.{use.pname}"] = "split"
         return values, history + carried
 
     def _done_with_call(self, p: nn.Parameter, micro_batch: int, state: _StepState) -> None:
