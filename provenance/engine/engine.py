@@ -429,14 +429,7 @@ class AttributionEngine:
         output gradients are kept: a clipped step re-derives the same blocks after backward. Blocks, sums
         and dots are formed the same way on both paths, so a step's numbers never depend on the path.
         Weights whose blocks exceed memory_budget_mb take the stored route instead."""
-        if (
-            micro_batches != 1
-            or self._group is not None
-            or self.config.order != 1
-            or self.config.per_token
-            or self.config.adam_denominator != "current"
-            or isinstance(self.optimizer, torch.optim.SGD)
-        ):
+        if not self._values_in_backward_possible(micro_batches):
             return set()
         budget = self.config.memory_budget_mb * 2**20
         return {
@@ -470,6 +463,18 @@ class AttributionEngine:
         finally:
             self._pool.give(buffer)
 
+    def _values_in_backward_possible(self, micro_batches: int) -> bool:
+        """Adam "current" at first order, where a weight's whole batch gradient (hence, for an unclipped step,
+        its denominator) can be complete inside backward: one micro-batch, one process, no per-token maps."""
+        return (
+            micro_batches == 1
+            and self._group is None
+            and self.config.order == 1
+            and not self.config.per_token
+            and self.config.adam_denominator == "current"
+            and not isinstance(self.optimizer, torch.optim.SGD)
+        )
+
     def _split_params(self, late: list[nn.Parameter], micro_batches: int) -> set[int]:
         """Tied output heads (one matmul use of the weight, stored (vocab, width), and one embedding use)
         under Adam's "current" denominator. Their per-row blocks would be kept through backward (rows x vocab x
@@ -481,14 +486,7 @@ class AttributionEngine:
         re-derived after backward from the head's kept input and output gradient. A step that turns out
         clipped re-derives all rows after backward instead (one more matmul of the head's size): done even
         when the previous step was clipped, so that no step keeps the blocks and sets the run's peak."""
-        if (
-            micro_batches != 1
-            or self._group is not None
-            or self.config.order != 1
-            or self.config.per_token
-            or self.config.adam_denominator != "current"
-            or isinstance(self.optimizer, torch.optim.SGD)
-        ):
+        if not self._values_in_backward_possible(micro_batches):
             return set()
         chosen = set()
         for p in late:
