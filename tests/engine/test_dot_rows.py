@@ -64,12 +64,14 @@ def test_kept_pieces_are_the_per_row_gradients_in_one_allocation(module, rows_pe
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("tokens", [3, 7, 64])
 @pytest.mark.parametrize("chunk_elems", [1, 5000, 10**8], ids=["min-rows", "several", "whole"])
-def test_blocks_by_weight_rows_sum_as_the_kept_pieces(dtype, tokens, chunk_elems, monkeypatch):
+@pytest.mark.parametrize("piece_rows", [1, 2, 5])
+def test_blocks_by_weight_rows_sum_as_the_kept_pieces(dtype, tokens, chunk_elems, piece_rows, monkeypatch):
     """A tied output head valued in backward forms its blocks a few weight rows at a time: the batch gradient
     must be bit for bit the stored route's (training does not depend on the route), the dots each row's
     gradient with the direction the callback gives for those weight rows (against float64 einsum), and the
     touched rows' dots re-derived after backward likewise."""
-    monkeypatch.setattr(linear, "_ROW_PIECE_BYTES", 2 * 300 * 16 * 8)  # pieces of two rows, as at real sizes
+    # Pieces of one row (the output head at the benchmark size), two, or all five (a small head: formed whole)
+    monkeypatch.setattr(linear, "_ROW_PIECE_BYTES", piece_rows * 300 * 16 * torch.finfo(dtype).bits // 8)
     module = nn.Linear(16, 300, bias=False).to(dtype)
     rule = linear.LinearRule()
     g = torch.Generator().manual_seed(5)
@@ -89,7 +91,7 @@ def test_blocks_by_weight_rows_sum_as_the_kept_pieces(dtype, tokens, chunk_elems
     assert torch.equal(total, stored)
     widths = [stop - start for start, stop in seen]
     assert seen[0][0] == 0 and seen[-1][1] == 300 and all(a[1] == b[0] for a, b in zip(seen, seen[1:]))
-    assert min(widths) >= linear._MIN_CHUNK_ROWS and (len(seen) > 1) == (chunk_elems < 10**8)
+    assert min(widths) >= linear._MIN_CHUNK_ROWS and (len(seen) > 1) == (chunk_elems < 10**8 and piece_rows <= 2)
     per_row = torch.einsum("rnd,rno->rod", saved.double(), grad.double())
     expected = torch.einsum("rod,kod->rk", per_row, z.double())
     tol = 1e-12 if dtype == torch.float64 else 1e-4

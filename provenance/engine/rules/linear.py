@@ -146,9 +146,12 @@ class MatmulRule(LayerRule):
         step = max(1, _ROW_PIECE_BYTES // (dout * din * weight.element_size()))  # grad_and_rows' pieces
         # Chunks of at least _MIN_CHUNK_ROWS weight rows, of even widths: the matmul then gives each block
         # element bit for bit as the whole-weight matmul does (MKL took another path for 1-5 output rows with
-        # few tokens), so the batch gradient, hence training, is that of grad_and_rows (tested).
+        # few tokens), so the batch gradient, hence training, is that of grad_and_rows (tested). A piece of
+        # one or two rows is summed by at most one addition per element, the same on a chunk; torch's sum over
+        # more rows may group them otherwise on a chunk than on the whole (seen on small weights), so a weight
+        # small enough for pieces of 3+ rows (under 16 MB / 3) is formed whole.
         most = max(_MIN_CHUNK_ROWS, chunk_elems // max(1, rows * din))
-        chunks = max(1, min(-(-dout // most), dout // _MIN_CHUNK_ROWS))
+        chunks = max(1, min(-(-dout // most), dout // _MIN_CHUNK_ROWS)) if min(step, rows) <= 2 else 1
         width = -(-dout // chunks)
         buffer = _scratch(weight.dtype, rows * width * din)
         total = torch.empty(dout, din, dtype=weight.dtype)
