@@ -158,9 +158,10 @@ def peak_memory_mb(
 ) -> tuple[float, float]:
     """(peak RSS of a fresh process doing `steps` steps, RSS after imports and model build) in MB.
 
-    Not two steps: with the engine, glibc's heap keeps growing for many steps (fragmentation: at the issue's
-    size, 16 targets' peak rose from 1.3x plain's after two steps to 1.5x after twenty, while plain's stopped
-    growing after four; docs/engine.md), so a short run understates what a training run reaches.
+    Not two steps: a process's peak grows over its first steps (plain's for ~4 steps) and a short run
+    understates what a training run reaches. Before session 10 fixed reference cycles that left each step's
+    embedding activations to Python's cyclic collector, 16 targets' peak rose from 1.3x plain's after two
+    steps to 1.5x after twenty; it now levels off after ~5 steps (docs/engine.md).
 
     Peak = VmHWM of the child's own address space: ru_maxrss would carry over the parent's RSS at fork.
     live=True fixes glibc's mmap threshold at 1 MiB (plain and engine alike), so freed tensors leave the
