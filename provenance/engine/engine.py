@@ -454,14 +454,24 @@ class AttributionEngine:
         self._add_grad(p, use, total)
         if not state.predict_unclipped:
             return
-        entry = linearize(self.optimizer, p, self._groups[id(p)], p.grad, "current")
-        buffer = self._pool.take(self._num_targets * p.numel(), state.value_dtype)
-        try:
-            g_v = self._target_gradient(p, state.target_records, state.value_dtype, out=buffer)
-            z, history = entry.direction_and_history(g_v)
-            state.early_parts[id(p)] = (use.rule.dot_rows(use.module, use.pname, pieces, z), history)
-        finally:
-            self._pool.give(buffer)
+        # The directions are formed a few rows of the weight (as stored) at a time and dotted with those rows
+        # of the blocks: at the last layers, early in backward, K x the weight's size of directions would sit
+        # on top of nearly every activation (with 16 targets, 144 MiB for an MLP weight at the benchmark size).
+        (per_row,) = pieces
+        rows, dtype, k = per_row.shape[0], state.value_dtype, self._num_targets
+        stored_rows = p.shape[0]
+        blocks = per_row.reshape(rows, stored_rows, -1)
+        grad = p.grad.detach().reshape(stored_rows, -1)
+        width = max(1, _SPLIT_CHUNK_ELEMS // 2 // max(1, k * grad.shape[1]))
+        values = torch.zeros(rows, k, dtype=dtype)
+        history = torch.zeros(k, dtype=dtype)
+        for start in range(0, stored_rows, width):
+            chunk = slice(start, min(stored_rows, start + width))
+            entry = linearize(self.optimizer, p, self._groups[id(p)], grad[chunk], "current", rows=chunk)
+            z, carried = entry.direction_and_history(self._target_gradient_rows(p, state.target_records, dtype, chunk))
+            history += carried
+            values += blocks[:, chunk].reshape(rows, -1).to(dtype) @ z.reshape(k, -1).T
+        state.early_parts[id(p)] = (values, history)
 
     def _values_in_backward_possible(self, micro_batches: int) -> bool:
         """Adam "current" at first order, where a weight's whole batch gradient (hence, for an unclipped step,
@@ -548,7 +558,7 @@ class AttributionEngine:
     def _target_gradient_rows(self, p: nn.Parameter, records: dict[str, list[Record]], dtype,
                               rows: slice | torch.Tensor) -> torch.Tensor:
         """Rows `rows` (a slice or an index) of each target's gradient of a tied head (its matmul use, then its
-        embedding use): (K, rows, width)."""
+        embedding use; or a weight's single matmul use): (K, rows, columns of the weight as stored)."""
         size = rows.stop - rows.start if isinstance(rows, slice) else rows.numel()
         g_v = None
         for use in self._gradient_uses[id(p)]:
@@ -558,10 +568,10 @@ class AttributionEngine:
                     g_v = part if g_v is None else g_v.add_(part)
                 else:
                     if g_v is None:
-                        g_v = torch.zeros(self._num_targets, size, p.shape[1], dtype=dtype)
+                        g_v = torch.zeros(self._num_targets, size, p[0].numel(), dtype=dtype)
                     use.rule.add_grads_of_weight_rows(use.module, record.saved, record.grad, g_v, rows)
         if g_v is None:
-            g_v = torch.zeros(self._num_targets, size, p.shape[1], dtype=dtype)
+            g_v = torch.zeros(self._num_targets, size, p[0].numel(), dtype=dtype)
         return g_v
 
     def _value_touched_rows(self, p: nn.Parameter, state: _StepState, train_records: dict[str, list[Record]],

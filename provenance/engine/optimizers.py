@@ -103,6 +103,11 @@ def _dots(stacked: torch.Tensor, single: torch.Tensor) -> torch.Tensor:
     return stacked.reshape(stacked.shape[0], -1) @ single.reshape(-1)
 
 
+def _rows_of(t: torch.Tensor, rows: slice | torch.Tensor) -> torch.Tensor:
+    part = t[rows]
+    return part.reshape(part.shape[0], -1)
+
+
 def _scalar(value) -> float:
     return float(value.item() if isinstance(value, torch.Tensor) else value)
 
@@ -164,10 +169,10 @@ def linearize(
     lr = _scalar(group["lr"])
     wd = _scalar(group.get("weight_decay", 0.0))
     state = optimizer.state.get(param, {})
-    if rows is not None:
-        state = {key: value[rows] if isinstance(value, torch.Tensor) and value.dim() else value
+    if rows is not None:  # those rows, each flattened (a convolution's (out, in, kh, kw) as (out, in*kh*kw))
+        state = {key: _rows_of(value, rows) if isinstance(value, torch.Tensor) and value.dim() else value
                  for key, value in state.items()}
-    p = param.detach() if rows is None else param.detach()[rows]
+    p = param.detach() if rows is None else _rows_of(param.detach(), rows)
     if isinstance(optimizer, torch.optim.SGD):
         mu = _scalar(group.get("momentum", 0.0))
         damp = _scalar(group.get("dampening", 0.0))

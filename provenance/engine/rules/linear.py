@@ -184,10 +184,11 @@ class MatmulRule(LayerRule):
         return out
 
     def grads_of_weight_rows(self, module, saved, grad, dtype, rows):
-        """Each row's (here: each target's) weight gradient restricted to weight rows `rows` (a slice or an
-        index): (K, len, din)."""
+        """Each row's (here: each target's) weight gradient restricted to rows `rows` (a slice or an index) of
+        the weight as stored (Conv1D: (din, dout)): (K, len, columns)."""
         a, b = self.factors(module, saved, grad)
-        return self._blocks(a.to(dtype), b[:, :, rows].to(dtype))
+        a, b = a.to(dtype), b.to(dtype)
+        return self._blocks(a[:, :, rows], b) if self.transposed else self._blocks(a, b[:, :, rows])
 
     def dot_rows(self, module, pname, per_row, z):
         if pname == "bias":
