@@ -66,12 +66,18 @@ def test_a_run_trained_without_targets_is_attributed_by_replay(tmp_path, tiny_co
     from .tiny import tiny_config
 
     grad_and_rows = linear.MatmulRule.grad_and_rows
+    by_weight_rows = linear.MatmulRule.grad_and_dot_by_weight_rows  # a tied head's route with targets
 
     def two_rows_a_piece(self, module, pname, saved, grad, reuse=False):
         monkeypatch.setattr(linear, "_ROW_PIECE_BYTES", 2 * module.weight.numel() * module.weight.element_size())
         return grad_and_rows(self, module, pname, saved, grad, reuse)
 
+    def two_rows_a_piece_by_weight_rows(self, module, *args, **kwargs):
+        monkeypatch.setattr(linear, "_ROW_PIECE_BYTES", 2 * module.weight.numel() * module.weight.element_size())
+        return by_weight_rows(self, module, *args, **kwargs)
+
     monkeypatch.setattr(linear.MatmulRule, "grad_and_rows", two_rows_a_piece)
+    monkeypatch.setattr(linear.MatmulRule, "grad_and_dot_by_weight_rows", two_rows_a_piece_by_weight_rows)
     run = tmp_path / "no-targets"
     train(tiny_corpus, run, tiny_config(micro_batch_size=4), targets=[], progress=False)
     new = attribute(run, TARGETS[:1], progress=False)
