@@ -467,9 +467,7 @@ class AttributionEngine:
         history = torch.zeros(k, dtype=dtype)
         for start in range(0, stored_rows, width):
             chunk = slice(start, min(stored_rows, start + width))
-            entry = linearize(self.optimizer, p, self._groups[id(p)], grad[chunk], "current", rows=chunk)
-            z, carried = entry.direction_and_history(self._target_gradient_rows(p, state.target_records, dtype, chunk))
-            history += carried
+            z = self._directions_of_rows(p, state, chunk, grad[chunk], history)
             values += blocks[:, chunk].reshape(rows, -1).to(dtype) @ z.reshape(k, -1).T
         state.early_parts[id(p)] = (values, history)
 
@@ -532,17 +530,10 @@ class AttributionEngine:
         touched = torch.zeros(p.shape[0], dtype=torch.bool)
         for saved in ids:
             touched[saved[saved >= 0]] = True
-        group = self._groups[id(p)]
-        dtype = state.value_dtype
-        history = torch.zeros(self._num_targets, dtype=dtype)
+        history = torch.zeros(self._num_targets, dtype=state.value_dtype)
 
-        def direction_of(rows: slice, grad_rows: torch.Tensor) -> torch.Tensor:
-            entry = linearize(self.optimizer, p, group, grad_rows, "current", rows=rows)
-            g_v = self._target_gradient_rows(p, state.target_records, dtype, rows)
-            g_v[:, touched[rows]] = 0  # touched rows: valued after backward
-            z, carried = entry.direction_and_history(g_v)
-            history.add_(carried)
-            return z
+        def direction_of(rows: slice, grad_rows: torch.Tensor) -> torch.Tensor:  # touched rows: after backward
+            return self._directions_of_rows(p, state, rows, grad_rows, history, skip=touched[rows])
 
         # A chunk's blocks (rows x width x din) and its K directions (K x width x din) exist at once, at the
         # step's memory peak: keep both small (_SPLIT_CHUNK_ELEMS in all, split in proportion).
@@ -554,6 +545,20 @@ class AttributionEngine:
         state.touched[id(p)] = touched.nonzero().flatten()
         state.split_parts[id(p)] = (values, history)
         self.routes[f"{use.module_name}.{use.pname}"] = "split"
+
+    def _directions_of_rows(self, p: nn.Parameter, state: _StepState, rows: slice | torch.Tensor,
+                            grad_rows: torch.Tensor, history: torch.Tensor,
+                            skip: torch.Tensor | None = None) -> torch.Tensor:
+        """Directions (K, len(rows), columns) of rows `rows` of p (as stored) under Adam's "current" denominator
+        with grad_rows as those rows' batch gradient; adds their -h . g_v to `history`. Rows where `skip` is
+        set get a zero direction and no history (valued elsewhere)."""
+        entry = linearize(self.optimizer, p, self._groups[id(p)], grad_rows, "current", rows=rows)
+        g_v = self._target_gradient_rows(p, state.target_records, state.value_dtype, rows)
+        if skip is not None:
+            g_v[:, skip] = 0
+        z, carried = entry.direction_and_history(g_v)
+        history += carried
+        return z
 
     def _target_gradient_rows(self, p: nn.Parameter, records: dict[str, list[Record]], dtype,
                               rows: slice | torch.Tensor) -> torch.Tensor:
@@ -581,15 +586,14 @@ class AttributionEngine:
         added to the untouched rows' values and history formed in backward. ((rows, K), (K,))"""
         values, history = untouched
         index = state.touched[id(p)]
-        dtype = state.value_dtype
-        entry = linearize(self.optimizer, p, self._groups[id(p)], p.grad.detach()[index], "current", rows=index)
-        z, carried = entry.direction_and_history(self._target_gradient_rows(p, state.target_records, dtype, index))
+        history = history.clone()
+        z = self._directions_of_rows(p, state, index, p.grad.detach()[index], history)
         values = values.clone()
         for use in self._uses_of[id(p)]:  # the head's blocks of those rows, and the embedding use's rows
             for record in train_records.get(use.module_name, []):
                 values += use.rule.dot_weight_rows(use.module, record.saved, record.grad, z, index, state.budget)
             self.routes[f"{use.module_name}.{use.pname}"] = "split"
-        return values, history + carried
+        return values, history
 
     def _done_with_call(self, p: nn.Parameter, micro_batch: int, state: _StepState) -> None:
         """Count down the calls of p's modules in this micro-batch; after the last one of the last
@@ -874,7 +878,7 @@ class AttributionEngine:
 
 
 _MMAP_THRESHOLD_MAX = 32 * 2**20
-_SPLIT_CHUNK_ELEMS = 16 * 2**20  # a tied head's blocks and directions for a few weight rows (_value_split)
+_SPLIT_CHUNK_ELEMS = 16 * 2**20  # blocks and directions of a few weight rows valued in backward (split, early)
 
 
 def _with_second_order(first: torch.Tensor, buffer: torch.Tensor, entry: Linearization, hvp: torch.Tensor):

@@ -158,13 +158,13 @@ def linearize(
     group: dict,
     clipped_grad: torch.Tensor | None,
     denominator: str = "previous",
-    rows: slice | None = None,
+    rows: slice | torch.Tensor | None = None,
 ) -> Linearization:
     """Coefficient (without the clip factor k) and history part of this parameter's coming update.
 
-    Called before optimizer.step(). clipped_grad may be None when needs_gradient() is False. rows: the
-    linearization of rows `rows` (dim 0) of the parameter only (clipped_grad then holds those rows); every
-    update is elementwise, so it equals those rows of the whole parameter's.
+    Called before optimizer.step(). clipped_grad may be None when needs_gradient() is False. rows (a slice or
+    an index along dim 0): the linearization of those rows of the parameter only, each flattened
+    (clipped_grad then holds them); every update is elementwise, so it equals those rows of the whole one's.
     """
     lr = _scalar(group["lr"])
     wd = _scalar(group.get("weight_decay", 0.0))
