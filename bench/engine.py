@@ -4,6 +4,7 @@
                                       # seq 256, batch 16, 64-token targets (several minutes on 2 cores)
     python bench/engine.py --quick    # a small model, under a minute, for regression checks
     python bench/engine.py --json     # one JSON line
+    python bench/engine.py --optimizer sgd [--weight-gradients per_row]   # SGD: ghost dots or per-row blocks
 
 Peak memory is measured per configuration in a fresh subprocess (VmHWM after --memory-steps steps, default
 10), because a process's peak cannot be reset between configurations; "step memory" subtracts the RSS after
@@ -77,6 +78,10 @@ class Runner:
         if mode == "torch_func":
             self.targets = make_batch(1, size["target_tokens"], size["vocab"], 999, prompt=8)
             return
+        if mode == "no_targets":  # the engine attached without targets: it forms the batch gradient as a
+            # valued step does (per-row blocks under AdamW), so this is the cost of that alone
+            self.engine = AttributionEngine(self.model, self.opt, EngineConfig(max_grad_norm=1.0, **memory_settings()))
+            return
         order = 2 if mode.startswith("second_order") else 1
         k = 16 if mode.startswith("targets16") else 1
         denominator = "previous" if mode.endswith("_previous") else "current"
@@ -142,13 +147,15 @@ def torch_func_step(model, opt, batch, targets):
 CLIP_EVERY_STEP = 1e-4
 RELEASE_MEMORY_ENV = "PROVENANCE_BENCH_RELEASE_MEMORY"  # --release-memory, passed on to the memory subprocesses
 KEEP_ROWS_ENV = "PROVENANCE_BENCH_KEEP_ROWS_MB"  # --keep-rows-mb, likewise
+WEIGHT_GRADIENTS_ENV = "PROVENANCE_BENCH_WEIGHT_GRADIENTS"  # --weight-gradients, likewise
 
 
 def memory_settings() -> dict:
-    """The EngineConfig memory settings --release-memory and --keep-rows-mb chose (read from the environment,
-    so the peak-memory subprocesses get them too)."""
+    """The EngineConfig settings --release-memory, --keep-rows-mb and --weight-gradients chose (read from the
+    environment, so the peak-memory subprocesses get them too)."""
     return {"release_memory": os.environ.get(RELEASE_MEMORY_ENV) == "1",
-            "keep_rows_mb": float(os.environ.get(KEEP_ROWS_ENV, EngineConfig.keep_rows_mb))}
+            "keep_rows_mb": float(os.environ.get(KEEP_ROWS_ENV, EngineConfig.keep_rows_mb)),
+            "weight_gradients": os.environ.get(WEIGHT_GRADIENTS_ENV, EngineConfig.weight_gradients)}
 
 LIVE_ALLOCATOR = {"MALLOC_MMAP_THRESHOLD_": str(2**20)}
 
@@ -209,6 +216,9 @@ def main() -> None:
                         help="EngineConfig(release_memory=True): return freed heap memory before each engine step")
     parser.add_argument("--keep-rows-mb", type=float, default=None,
                         help="EngineConfig.keep_rows_mb: cap on per-row blocks kept from backward (memory vs time)")
+    parser.add_argument("--weight-gradients", choices=["auto", "per_row", "matmul"], default=None,
+                        help="EngineConfig.weight_gradients for every engine configuration (auto: matmul for SGD, "
+                        "per_row for AdamW); SGD with second order or many targets is faster with per_row")
     parser.add_argument("--modes", default=None,
                         help="comma-separated configurations to time (plain is always timed), e.g. "
                         "first_order,first_order_clipped; default: all")
@@ -217,12 +227,15 @@ def main() -> None:
         os.environ[RELEASE_MEMORY_ENV] = "1"
     if args.keep_rows_mb is not None:
         os.environ[KEEP_ROWS_ENV] = str(args.keep_rows_mb)
+    if args.weight_gradients is not None:
+        os.environ[WEIGHT_GRADIENTS_ENV] = args.weight_gradients
     size_name = "quick" if args.quick else "full"
     size = SIZES[size_name]
     reps = args.reps or (5 if args.quick else 3)
     modes = ["plain", "first_order", "second_order", "targets16"]
     if args.optimizer == "adamw":  # the fast mode: Adam's denominator held at v_{t-1} (DESIGN.md)
         modes += ["first_order_previous", "second_order_previous", "targets16_previous", "first_order_clipped"]
+    modes += ["no_targets"]  # what forming the batch gradient the engine's way costs, with nothing valued
     modes += [] if args.no_torch_func else ["torch_func"]
     if args.modes:
         chosen = [m.strip() for m in args.modes.split(",") if m.strip()]
@@ -268,6 +281,7 @@ def main() -> None:
         "second_order_ratio_previous": time_ratio("second_order_previous"),
         "first_order_ratio_clipped": time_ratio("first_order_clipped"),
         "torch_func_ratio": time_ratio("torch_func"),
+        "no_targets_ratio": time_ratio("no_targets"),
         "peak_memory_ratio": mem_ratio(memory, "first_order"),
         "peak_memory_ratio_targets16": mem_ratio(memory, "targets16"),
         "peak_memory_ratio_second_order": mem_ratio(memory, "second_order"),
@@ -286,6 +300,7 @@ def main() -> None:
         "step_memory_ratio_second_order": growth_ratio("second_order"),
         "pair_ratio_quartiles": spread,
         "plain_step_seconds": round(median["plain"], 4),
+        "step_seconds": {k: round(v, 4) for k, v in median.items()},
         "peak_memory_mb": {k: round(v, 1) for k, v in memory.items()},
         "live_peak_memory_mb": {k: round(v, 1) for k, v in live.items()},
         "routes_first_order": dict(routes),
@@ -298,7 +313,8 @@ def main() -> None:
     if args.json:
         print(json.dumps(result))
         return
-    print(f"engine benchmark ({size_name}: {size}, optimizer {args.optimizer}, {reps} interleaved reps, medians)")
+    print(f"engine benchmark ({size_name}: {size}, optimizer {args.optimizer}, weight_gradients "
+          f"{memory_settings()['weight_gradients']}, {reps} interleaved reps, medians)")
     print(f"{'configuration':<22}{'s/step':>10}{'x plain':>10}{'peak MB':>10}{'x plain':>9}{'live MB':>10}{'x plain':>9}")
     for mode in modes:
         print(
