@@ -248,8 +248,8 @@ def main() -> None:
     for runner in runners.values():  # warm-up (allocations, Adam state)
         runner.step()
     times = {mode: [] for mode in modes}
-    for _ in range(reps):
-        for mode in modes:
+    for rep in range(reps):  # the order alternates: a step runs after a different configuration's each rep
+        for mode in (modes if rep % 2 == 0 else modes[::-1]):
             times[mode].append(runners[mode].step())
     median = {mode: statistics.median(t) for mode, t in times.items()}
     ratio = {mode: median[mode] / median["plain"] for mode in modes}
