@@ -521,11 +521,17 @@ class AttributionEngine:
         ids = [r.saved for r in state.store.records if r.module_name == embedding.module_name
                and r.micro_batch == record.micro_batch] if state.store is not None else []
         single = state.calls.get((record.micro_batch, use.module_name), 0) == 1
-        if not single or not ids:  # fall back: the whole head is valued after backward from its kept record
+        rows = record.grad.shape[0]
+        # A chunk's blocks (rows x width x din) and its K directions (K x width x din) exist at once, at the
+        # step's memory peak: keep both small (_SPLIT_CHUNK_ELEMS in all, split in proportion).
+        chunk = _SPLIT_CHUNK_ELEMS * rows // (rows + self._num_targets)
+        a, _ = use.rule.factors(use.module, record.saved, record.grad)
+        if not single or not ids or not use.rule.chunks_reproduce_pieces(use.module, rows, a.shape[1], p.dtype, chunk):
+            # The stored route instead: the batch gradient summed as every other step sums it (a run replayed
+            # with other targets, or none, must train bit for bit the same), the blocks kept to the end.
             state.split.discard(id(p))
-            total, _ = use.rule.grad_and_dot_by_weight_rows(use.module, record.saved, record.grad,
-                                                              lambda rows, grad: None, state.budget)
-            self._add_grad(p, use, total)
+            state.stored.add((use.module_name, use.pname))
+            self._keep_rows(p, use, record, state)
             return
         touched = torch.zeros(p.shape[0], dtype=torch.bool)
         for saved in ids:
@@ -535,10 +541,6 @@ class AttributionEngine:
         def direction_of(rows: slice, grad_rows: torch.Tensor) -> torch.Tensor:  # touched rows: after backward
             return self._directions_of_rows(p, state, rows, grad_rows, history, skip=touched[rows])
 
-        # A chunk's blocks (rows x width x din) and its K directions (K x width x din) exist at once, at the
-        # step's memory peak: keep both small (_SPLIT_CHUNK_ELEMS in all, split in proportion).
-        rows = record.grad.shape[0]
-        chunk = _SPLIT_CHUNK_ELEMS * rows // (rows + self._num_targets)
         total, values = use.rule.grad_and_dot_by_weight_rows(use.module, record.saved, record.grad, direction_of,
                                                               chunk)
         self._add_grad(p, use, total)
