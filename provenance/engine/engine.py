@@ -446,9 +446,7 @@ class AttributionEngine:
         unclipped, its values with the denominator the optimizer will then apply."""
         if state.calls.get((record.micro_batch, use.module_name), 0) != 1:
             # Several calls: the gradient is complete only later. Keep this call's blocks; re-derive the rest.
-            state.early.discard(id(p))
-            state.stored.add((use.module_name, use.pname))
-            self._keep_rows(p, use, record, state)
+            self._store_instead(state.early, p, use, record, state)
             return
         total, pieces = use.rule.grad_and_rows(use.module, use.pname, record.saved, record.grad, reuse=True)
         self._add_grad(p, use, total)
@@ -470,6 +468,13 @@ class AttributionEngine:
             z = self._directions_of_rows(p, state, chunk, grad[chunk], history)
             values += blocks[:, chunk].reshape(rows, -1).to(dtype) @ z.reshape(k, -1).T
         state.early_parts[id(p)] = (values, history)
+
+    def _store_instead(self, route: set[int], p: nn.Parameter, use: _Use, record: Record, state: _StepState) -> None:
+        """Move p from a route valued in backward (`route`: state.early or state.split) to the stored route,
+        keeping this call's blocks."""
+        route.discard(id(p))
+        state.stored.add((use.module_name, use.pname))
+        self._keep_rows(p, use, record, state)
 
     def _values_in_backward_possible(self, micro_batches: int) -> bool:
         """Adam "current" at first order, where a weight's whole batch gradient (hence, for an unclipped step,
@@ -529,9 +534,7 @@ class AttributionEngine:
         if not single or not ids or not use.rule.chunks_reproduce_pieces(use.module, rows, a.shape[1], p.dtype, chunk):
             # The stored route instead: the batch gradient summed as every other step sums it (a run replayed
             # with other targets, or none, must train bit for bit the same), the blocks kept to the end.
-            state.split.discard(id(p))
-            state.stored.add((use.module_name, use.pname))
-            self._keep_rows(p, use, record, state)
+            self._store_instead(state.split, p, use, record, state)
             return
         touched = torch.zeros(p.shape[0], dtype=torch.bool)
         for saved in ids:
