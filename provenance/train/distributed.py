@@ -12,6 +12,7 @@ it (nccl needs the model and batches on the GPU, which the trainer does not do y
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 from collections.abc import Callable
@@ -113,7 +114,18 @@ def current() -> DistContext:
     if not dist.is_available():
         raise RunDirectoryError("WORLD_SIZE > 1 but this torch build has no torch.distributed; run one process")
     dist.init_process_group(backend=backend())
+    atexit.register(_destroy_default_group)
     return DistContext(dist.get_world_size(), dist.get_rank(), str(dist.get_backend()))
+
+
+def _destroy_default_group() -> None:
+    """Tear down the group this module started, while the interpreter is still whole: left to interpreter
+    finalization, gloo's worker threads can abort the process ("terminate called without an active
+    exception", SIGABRT) after the work is done, and torchrun then reports the run as failed."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def check_world_size(config: RunConfig, world_size: int) -> None:
