@@ -910,25 +910,34 @@ class _BufferPool:
 
     def __init__(self) -> None:
         self._free: list[torch.Tensor] = []
+        self._taken: set[int] = set()  # data pointers of the buffers taken since the last trim
 
     def take(self, numel: int, dtype: torch.dtype) -> torch.Tensor:
         fits = [i for i, b in enumerate(self._free) if b.dtype == dtype and b.numel() >= numel]
         if fits:
-            return self._free.pop(min(fits, key=lambda i: self._free[i].numel()))
-        # Above glibc's largest mmap threshold (32 MiB), so a buffer kept across steps is its own mapping
-        # and never pins the heap (which would keep freed activation memory from going back).
-        min_numel = (_MMAP_THRESHOLD_MAX + 4096) // torch.finfo(dtype).bits * 8 if dtype.is_floating_point else 0
-        return torch.empty(max(numel, min_numel), dtype=dtype)
+            buffer = self._free.pop(min(fits, key=lambda i: self._free[i].numel()))
+        else:
+            # Above glibc's largest mmap threshold (32 MiB), so a buffer kept across steps is its own mapping
+            # and never pins the heap (which would keep freed activation memory from going back).
+            min_numel = (_MMAP_THRESHOLD_MAX + 4096) // torch.finfo(dtype).bits * 8 if dtype.is_floating_point else 0
+            buffer = torch.empty(max(numel, min_numel), dtype=dtype)
+        self._taken.add(buffer.data_ptr())
+        return buffer
 
     def give(self, buffer: torch.Tensor) -> None:
         self._free.append(buffer)
 
     def trim(self, max_bytes: int) -> None:
-        """Keep the smallest buffers up to max_bytes in all for the next step and free the rest: what stays
-        sits on top of the next forward pass's activation peak (with many targets, K x a large parameter
-        would), while a freed one costs page faults again when it is next taken."""
+        """Keep the smallest buffers this step took, up to max_bytes in all, for the next step and free the
+        rest: what stays sits on top of the next forward pass's activation peak (with many targets, K x a
+        large parameter would), while a freed one costs page faults again when it is next taken. A buffer
+        the step did not take is not kept: a clipped step (directions of whole weights after backward)
+        would otherwise leave one (108 MiB with 16 targets at the benchmark size) under every later
+        unclipped step, which forms its directions a few weight rows at a time."""
+        used = [b for b in self._free if b.data_ptr() in self._taken]
+        self._taken = set()
         kept, total = [], 0
-        for buffer in sorted(self._free, key=lambda b: b.numel() * b.element_size()):
+        for buffer in sorted(used, key=lambda b: b.numel() * b.element_size()):
             size = buffer.numel() * buffer.element_size()
             if total + size > max_bytes:
                 break
@@ -938,6 +947,7 @@ class _BufferPool:
 
     def clear(self) -> None:
         self._free.clear()
+        self._taken = set()
 
 
 def _resolve_group(process_group: Any) -> Any:

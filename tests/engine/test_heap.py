@@ -95,3 +95,25 @@ def test_a_step_leaves_no_reference_cycles(optimizer, config, k, micro_batches):
             if was_enabled:
                 gc.enable()
     assert left == [], f"a step left {len(left)} objects in reference cycles: {sorted(set(left))}"
+
+
+def test_direction_pool_keeps_only_what_the_step_took():
+    """Buffers for target directions stay across steps (page faults) only if the step used them: one
+    clipped step's whole-weight directions must not sit under every later step's forward pass."""
+    pool = engine_module._BufferPool()
+    small, large = pool.take(10, torch.float32), pool.take(20 * 2**20, torch.float32)  # the clipped step
+    pool.give(small)
+    pool.give(large)
+    pool.trim(2**40)
+    assert {b.data_ptr() for b in pool._free} == {small.data_ptr(), large.data_ptr()}
+    again = pool.take(10, torch.float32)  # a later step needs only a small one: the smallest that fits
+    assert again.data_ptr() == small.data_ptr()
+    pool.give(again)
+    pool.trim(2**40)
+    assert [b.data_ptr() for b in pool._free] == [small.data_ptr()]
+    pool.trim(2**40)  # a step that took nothing keeps nothing
+    assert pool._free == []
+    big = pool.take(20 * 2**20, torch.float32)
+    pool.give(big)
+    pool.trim(big.numel() * big.element_size() - 1)  # over the cap: freed even though it was used
+    assert pool._free == []
