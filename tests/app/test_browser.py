@@ -105,26 +105,29 @@ def visible_table(page):
 def choose(page, label: str, option_text: str) -> None:
     """Pick the option containing ``option_text`` of a Streamlit selectbox (a combobox named by its label).
 
-    The list is opened from the keyboard (focus + ArrowDown); a list that closes because the page was
-    redrawn under it is opened again (three attempts)."""
+    The list is opened from the keyboard (focus + ArrowDown). A redraw of the page can close the list at
+    any moment — before it shows, between reading its options and clicking one (CI once read an empty list
+    right after the first option had shown) — so opening, reading and clicking are retried together (three
+    attempts); what the last attempt saw is reported."""
     options = page.get_by_role("option")
+    texts: list[str] = []
     for attempt in range(3):
         wait_idle(page)
         page.get_by_role("combobox", name=label, exact=True).focus()
         page.keyboard.press("ArrowDown")
         try:
             options.first.wait_for(timeout=10_000)
-            break
+            texts = options.all_inner_texts()
+            matching = [i for i, text in enumerate(texts) if option_text in text]
+            if matching:
+                options.nth(matching[0]).click(timeout=10_000)
+                return
         except Exception:  # noqa: BLE001 - playwright's TimeoutError; retried, then reported below
-            if attempt == 2:
-                ARTIFACTS.mkdir(exist_ok=True)
-                page.screenshot(path=str(ARTIFACTS / "browser_failure.png"))
-                raise
-    texts = options.all_inner_texts()
-    matching = [i for i, text in enumerate(texts) if option_text in text]
-    if not matching:
-        raise AssertionError(f"{label}: no option contains {option_text!r}; options: {texts}")
-    options.nth(matching[0]).click()
+            pass
+        page.keyboard.press("Escape")  # close a list left open before trying again
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "browser_failure.png"))
+    raise AssertionError(f"{label}: no option contains {option_text!r} after 3 attempts; last options seen: {texts}")
 
 
 def wait_idle(page) -> None:
