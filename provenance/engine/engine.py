@@ -24,12 +24,14 @@ Per step:
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
+from torch.autograd.graph import get_gradient_edge
 
 from ..errors import BatchError, NonFiniteLossError
 from . import rules  # noqa: F401  (registers the layer rules)
@@ -338,7 +340,8 @@ class AttributionEngine:
             state.split_parts.clear()
         if deferred:
             valued = state.early_parts.keys() | state.split_parts.keys()
-            lin = self._linearize(clipped=True, only={id(p) for p in deferred if id(p) not in valued})
+            lin = _Linearizations(self.optimizer, self._groups, self.config.adam_denominator,
+                                  [p for p in deferred if id(p) in self._groups and id(p) not in valued])
             first, second, per_token, late_history = self._values_after(train_store, state, lin, clip, k)
             values_first += first
             history += late_history
@@ -761,67 +764,113 @@ class AttributionEngine:
                 self.model.train(was_training)
         return losses.detach()
 
-    def _linearize(self, clipped: bool, only: set[int] | None = None) -> dict[int, Linearization]:
-        out: dict[int, Linearization] = {}
-        for p, _ in self._uses:
-            group = self._groups.get(id(p))
-            if group is None or (clipped and p.grad is None) or (only is not None and id(p) not in only):
-                continue
-            grad = p.grad.detach() if clipped else None
-            out[id(p)] = linearize(self.optimizer, p, group, grad, self.config.adam_denominator)
-        return out
+    def _hvps(self, lin: "_Linearizations", consume: Callable[[nn.Parameter, torch.Tensor], None]
+              ) -> dict[int, torch.Tensor]:
+        """H_v,k u for each target k and parameter, u = h + D/2 with D = -coef * (clipped g_B), as (K, *shape).
 
-    def _hvps(self, lin: dict[int, Linearization]) -> dict[int, torch.Tensor]:
-        """H_v,k u for each target k and parameter, u = h + D/2 with D = -coef * (clipped g_B)."""
+        This runs on top of the per-row blocks kept through backward, the step's memory peak, so nothing
+        parameter-sized is held longer than it must be. H_v u = d(g . u)/dw is taken as the vector-Jacobian
+        product of the target's gradients g with u: only each g's place in the graph is kept (not g), and each
+        u is formed when the second backward reaches that place (not all at once before it; with one target it
+        is not kept). Each target's products go straight into (K, *shape) tensors (with one target, they are
+        them), and the last target's second backward hands every parameter's products to `consume` the moment
+        they are complete (which values the parameter and frees its blocks) instead of collecting all of them
+        first. Returns the products `consume` did not get (parameters that backward does not reach: zeros)."""
         params = [p for p, _ in self._uses]
-        u = []
-        for p in params:
-            if id(p) in lin:
-                entry = lin[id(p)]
-                u.append((entry.history() - 0.5 * entry.coef * p.grad.detach()).to(p.dtype))
-            else:
-                u.append(torch.zeros_like(p))
-        # Each target's products go straight into (K, *shape) tensors (with one target, they are them), and the
-        # first-derivative graph is dropped before the second backward: all of this sits on top of the step's
-        # memory peak (the kept per-row blocks), where a list stacked at the end held two copies.
         k = self._num_targets
+        kept_u: list[torch.Tensor | None] = [None] * len(params)  # several targets: each u formed once
         out: dict[int, torch.Tensor] = {}
+        consumed: set[int] = set()
+        set_aside: dict[int, torch.Tensor | None] = {}
+        handles: list[Any] = []
         was_training = self.model.training
+
+        def half_step(i: int) -> torch.Tensor:
+            u = kept_u[i] if kept_u[i] is not None else self._half_step(params[i], lin)
+            if k > 1:
+                kept_u[i] = u
+            return u
+
+        def place(p: nn.Parameter, h: torch.Tensor | None, j: int) -> None:
+            if k == 1:
+                out[id(p)] = torch.zeros(1, *p.shape, dtype=p.dtype) if h is None else h.unsqueeze(0)
+                return
+            if id(p) not in out:
+                out[id(p)] = torch.zeros(k, *p.shape, dtype=p.dtype)
+            if h is not None:
+                out[id(p)][j].copy_(h)
+
+        def on_products(p: nn.Parameter) -> None:  # the last target's products of p are complete
+            h, p.grad = p.grad, None
+            place(p, h, k - 1)
+            consumed.add(id(p))
+            consume(p, out.pop(id(p)))
+
         with torch.random.fork_rng(devices=[]):
             self.model.eval()
             try:
                 for j in range(k):
                     single = self.task.select_targets(self._targets, [j])
                     loss = self.task.target_losses(self.model, single)[0]
-                    grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
-                    inner = sum((g * v).sum() for g, v in zip(grads, u) if g is not None)
-                    del grads, loss
-                    hv = list(torch.autograd.grad(inner, params, allow_unused=True))
-                    del inner
-                    for i, p in enumerate(params):
-                        h, hv[i] = hv[i], None
-                        if k == 1:
-                            out[id(p)] = torch.zeros(1, *p.shape, dtype=p.dtype) if h is None else h.unsqueeze(0)
-                            continue
-                        if id(p) not in out:
-                            out[id(p)] = torch.zeros(k, *p.shape, dtype=p.dtype)
-                        if h is not None:
-                            out[id(p)][j].copy_(h)
+                    grads = list(torch.autograd.grad(loss, params, create_graph=True, allow_unused=True))
+                    del loss
+                    edges, stand_ins, handles = _hand_over_when_reached(grads, half_step)
+                    if not edges:  # the targets' gradients do not depend on the weights: no products
+                        continue
+                    if j < k - 1:
+                        hv = list(torch.autograd.grad(edges, params, grad_outputs=stand_ins, allow_unused=True))
+                        del edges, stand_ins
+                        for i, p in enumerate(params):
+                            h, hv[i] = hv[i], None
+                            place(p, h, j)
+                        continue
+                    # The last target: the products land in .grad (the batch gradients, set aside meanwhile) and
+                    # are taken from there by a hook as soon as each is complete (a tied weight's once, summed).
+                    for p in params:
+                        set_aside[id(p)], p.grad = p.grad, None
+                    handles += [p.register_post_accumulate_grad_hook(on_products) for p in params]
+                    torch.autograd.backward(edges, grad_tensors=stand_ins, inputs=params)
+                    del edges, stand_ins
             finally:
+                for handle in handles:
+                    handle.remove()
+                for p in params:
+                    if id(p) in set_aside:
+                        p.grad = set_aside[id(p)]
                 self.model.train(was_training)
+        for p in params:  # not reached by the last second backward
+            if id(p) not in consumed and id(p) not in out:
+                place(p, None, k - 1)
         return out
 
-    def _values_after(self, train_store: CaptureStore, state: _StepState, lin, clip: float, k: int):
-        """The "after" route: contract kept inputs/output gradients once the step's direction is known."""
+    def _half_step(self, p: nn.Parameter, lin: "_Linearizations") -> torch.Tensor:
+        """u = h + D/2 for one parameter (zeros when the optimizer does not update it)."""
+        entry = lin.get(id(p))
+        if entry is None:
+            return torch.zeros_like(p)
+        return (entry.history() - 0.5 * entry.coef * lin.grad(id(p))).to(p.dtype)
+
+    def _values_after(self, train_store: CaptureStore, state: _StepState, lin: "_Linearizations", clip: float, k: int):
+        """The "after" route: contract kept inputs/output gradients once the step's direction is known.
+
+        Each parameter's additions to the values are collected and applied in parameter order, so the sums
+        round the same whether a parameter was valued inside the second order's last backward (_hvps) or here."""
         dtype = state.value_dtype
         rows_total = state.offsets[-1]
         order2 = self.config.order == 2
-        hvps = self._hvps(lin) if order2 else {}
         ncols = 2 * k if order2 else k
         out = torch.zeros(rows_total, ncols, dtype=dtype)
         per_token = None
         history = torch.zeros(k, dtype=dtype)
         train_records = train_store.by_module()
+        valued: dict[int, tuple[torch.Tensor, list] | None] = {}
+
+        def value(p: nn.Parameter, hvp: torch.Tensor | None) -> None:
+            entry = lin.get(id(p))  # None: not updated by the optimizer, no player moves it
+            valued[id(p)] = None if entry is None else self._value_late(p, entry, hvp, train_records, state, clip,
+                                                                         ncols)
+
+        hvps = self._hvps(lin, value) if order2 else {}
         for p, uses in self._uses:
             early = state.early_parts.pop(id(p), None)
             if early is not None:  # valued in backward (one call, one micro-batch), kept in this order
@@ -835,45 +884,21 @@ class AttributionEngine:
                 out += split_values
                 history += split_history
                 continue
-            entry = lin.get(id(p))
-            if entry is None:
-                continue  # not updated by the optimizer: no player moves it
-            buffer = self._pool.take(ncols * p.numel(), dtype)
-            g_v = self._target_gradient(p, state.target_records, dtype, out=buffer)
-            first, carried = entry.direction_and_history(g_v)
+            if id(p) not in valued:
+                value(p, hvps.pop(id(p)) if order2 else None)
+            result = valued.pop(id(p))
+            if result is None:
+                continue
+            carried, additions = result
             history += carried
-            z = _with_second_order(first, buffer, entry, hvps.pop(id(p)).to(dtype)) if order2 else first
-            z.mul_(clip)
-            del g_v, first
-            for use in uses:
-                if id(p) in state.early:  # not valued in backward (clipped step): the same blocks again
-                    for record in train_records.get(use.module_name, []):
-                        _, per_row = use.rule.grad_and_rows(use.module, use.pname, record.saved, record.grad, reuse=True)
-                        start, stop = state.offsets[record.micro_batch], state.offsets[record.micro_batch + 1]
-                        out[start:stop] += use.rule.dot_rows(use.module, use.pname, per_row, z)
-                    self.routes[f"{use.module_name}.{use.pname}"] = "player"
-                    continue
-                if (use.module_name, use.pname) in state.stored:
-                    for mb in range(len(state.offsets) - 1):
-                        start, stop = state.offsets[mb], state.offsets[mb + 1]
-                        for per_row in state.row_grads.pop((use.module_name, use.pname, mb), []):
-                            out[start:stop] += use.rule.dot_rows(use.module, use.pname, per_row, z)
-                    continue
-                for record in train_records.get(use.module_name, []):
-                    contrib, route = use.rule.dot(
-                        use.module, use.pname, record.saved, record.grad, z, self.config.per_token, state.budget
-                    )
-                    self.routes[f"{use.module_name}.{use.pname}"] = route
-                    start, stop = state.offsets[record.micro_batch], state.offsets[record.micro_batch + 1]
-                    if self.config.per_token:
-                        if per_token is None or per_token.shape[1] < contrib.shape[1]:
-                            per_token = _grow(per_token, rows_total, contrib.shape[1], ncols, dtype)
-                        per_token[start:stop, : contrib.shape[1]] += contrib
-                        out[start:stop] += contrib.sum(dim=1)
-                    else:
-                        out[start:stop] += contrib
-            del z
-            self._pool.give(buffer)
+            for start, stop, contrib in additions:
+                if self.config.per_token:
+                    if per_token is None or per_token.shape[1] < contrib.shape[1]:
+                        per_token = _grow(per_token, rows_total, contrib.shape[1], ncols, dtype)
+                    per_token[start:stop, : contrib.shape[1]] += contrib
+                    out[start:stop] += contrib.sum(dim=1)
+                else:
+                    out[start:stop] += contrib
         train_store.records.clear()
         values_first = out[:, :k]
         values_second = out[:, :k] + out[:, k:] if order2 else None
@@ -881,9 +906,98 @@ class AttributionEngine:
             per_token = per_token[:, :, :k] + per_token[:, :, k:] if order2 else per_token
         return values_first, values_second, per_token, history
 
+    def _value_late(self, p: nn.Parameter, entry: Linearization, hvp: torch.Tensor | None,
+                    train_records: dict[str, list[Record]], state: _StepState, clip: float, ncols: int
+                    ) -> tuple[torch.Tensor, list[tuple[int, int, torch.Tensor]]]:
+        """One late parameter's values once its direction is known: (-h . g_v, [(first row, stop, values) per
+        call]). Frees the parameter's kept blocks."""
+        dtype = state.value_dtype
+        buffer = self._pool.take(ncols * p.numel(), dtype)
+        g_v = self._target_gradient(p, state.target_records, dtype, out=buffer)
+        first, carried = entry.direction_and_history(g_v)
+        z = first if hvp is None else _with_second_order(first, buffer, entry, hvp.to(dtype))
+        z.mul_(clip)
+        del g_v, first, hvp
+        additions = []
+        for use in self._uses_of[id(p)]:
+            if id(p) in state.early:  # not valued in backward (clipped step): the same blocks again
+                for record in train_records.get(use.module_name, []):
+                    _, per_row = use.rule.grad_and_rows(use.module, use.pname, record.saved, record.grad, reuse=True)
+                    start, stop = state.offsets[record.micro_batch], state.offsets[record.micro_batch + 1]
+                    additions.append((start, stop, use.rule.dot_rows(use.module, use.pname, per_row, z)))
+                self.routes[f"{use.module_name}.{use.pname}"] = "player"
+                continue
+            if (use.module_name, use.pname) in state.stored:
+                for mb in range(len(state.offsets) - 1):
+                    start, stop = state.offsets[mb], state.offsets[mb + 1]
+                    for per_row in state.row_grads.pop((use.module_name, use.pname, mb), []):
+                        additions.append((start, stop, use.rule.dot_rows(use.module, use.pname, per_row, z)))
+                continue
+            for record in train_records.get(use.module_name, []):
+                contrib, route = use.rule.dot(
+                    use.module, use.pname, record.saved, record.grad, z, self.config.per_token, state.budget
+                )
+                self.routes[f"{use.module_name}.{use.pname}"] = route
+                start, stop = state.offsets[record.micro_batch], state.offsets[record.micro_batch + 1]
+                additions.append((start, stop, contrib))
+        del z
+        self._pool.give(buffer)
+        return carried, additions
+
+
+class _Linearizations:
+    """The optimizer's linearization of the late parameters' updates, formed when asked and not kept: under
+    Adam each holds a parameter-sized preconditioner, and all of them at once (139 MB at the benchmark size)
+    would sit on the kept per-row blocks through the second order's HVP, the step's memory peak. Forming one
+    again costs a few elementwise passes (~25 ms a step for all of them at the benchmark size). The clipped
+    batch gradients are referenced here, so entries can be formed while .grad is set aside (_hvps)."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, groups: dict[int, dict], denominator: str,
+                 params: list[nn.Parameter]):
+        self._optimizer, self._groups, self._denominator = optimizer, groups, denominator
+        self._params = {id(p): p for p in params if p.grad is not None}
+        self._grads = {id(p): p.grad.detach() for p in params if p.grad is not None}
+
+    def __contains__(self, key: int) -> bool:
+        return key in self._params
+
+    def grad(self, key: int) -> torch.Tensor:
+        return self._grads[key]
+
+    def get(self, key: int) -> Linearization | None:
+        p = self._params.get(key)
+        if p is None:
+            return None
+        return linearize(self._optimizer, p, self._groups[key], self._grads[key], self._denominator)
+
 
 _MMAP_THRESHOLD_MAX = 32 * 2**20
 _SPLIT_CHUNK_ELEMS = 16 * 2**20  # blocks and directions of a few weight rows valued in backward (split, early)
+
+
+def _hand_over_when_reached(grads: list[torch.Tensor | None], vector: Callable[[int], torch.Tensor]):
+    """Set up a vector-Jacobian product of the gradients `grads` (formed with create_graph) with vectors
+    formed only when backward reaches each: returns the gradients' places in the graph (the gradients
+    themselves are released from `grads`), zero-memory stand-ins to start backward with, and the hooks that
+    swap each stand-in for vector(i) as its node runs. Values are those of passing the vectors themselves."""
+    edges, stand_ins, wanted = [], [], {}
+    for i in range(len(grads)):
+        g, grads[i] = grads[i], None
+        if g is not None and g.requires_grad:
+            edge = get_gradient_edge(g)
+            edges.append(edge)
+            stand_ins.append(torch.zeros((), dtype=g.dtype).expand(g.shape))
+            wanted.setdefault(id(edge.node), (edge.node, {}))[1][edge.output_nr] = i
+        del g
+
+    def swap(outputs: dict[int, int], grad_outputs: tuple) -> tuple:
+        grad_outputs = list(grad_outputs)
+        for output_nr, i in outputs.items():
+            grad_outputs[output_nr] = vector(i)
+        return tuple(grad_outputs)
+
+    handles = [node.register_prehook(functools.partial(swap, outputs)) for node, outputs in wanted.values()]
+    return edges, stand_ins, handles
 
 
 def _with_second_order(first: torch.Tensor, buffer: torch.Tensor, entry: Linearization, hvp: torch.Tensor):
