@@ -912,7 +912,9 @@ class AttributionEngine:
         """One late parameter's values once its direction is known: (-h . g_v, [(first row, stop, values) per
         call]). Frees the parameter's kept blocks."""
         dtype = state.value_dtype
-        buffer = self._pool.take(ncols * p.numel(), dtype)
+        # Not kept for the next step: taken after backward, a kept buffer would only sit under the next step's
+        # forward and backward (the memory peak) to save re-faulting a few tens of MB here.
+        buffer = self._pool.take(ncols * p.numel(), dtype, keep=False)
         g_v = self._target_gradient(p, state.target_records, dtype, out=buffer)
         first, carried = entry.direction_and_history(g_v)
         z = first if hvp is None else _with_second_order(first, buffer, entry, hvp.to(dtype))
@@ -1026,7 +1028,9 @@ class _BufferPool:
         self._free: list[torch.Tensor] = []
         self._taken: set[int] = set()  # data pointers of the buffers taken since the last trim
 
-    def take(self, numel: int, dtype: torch.dtype) -> torch.Tensor:
+    def take(self, numel: int, dtype: torch.dtype, keep: bool = True) -> torch.Tensor:
+        """A flat buffer of at least numel elements; keep=False: freed at the next trim unless also taken with
+        keep=True meanwhile."""
         fits = [i for i, b in enumerate(self._free) if b.dtype == dtype and b.numel() >= numel]
         if fits:
             buffer = self._free.pop(min(fits, key=lambda i: self._free[i].numel()))
@@ -1035,15 +1039,16 @@ class _BufferPool:
             # and never pins the heap (which would keep freed activation memory from going back).
             min_numel = (_MMAP_THRESHOLD_MAX + 4096) // torch.finfo(dtype).bits * 8 if dtype.is_floating_point else 0
             buffer = torch.empty(max(numel, min_numel), dtype=dtype)
-        self._taken.add(buffer.data_ptr())
+        if keep:
+            self._taken.add(buffer.data_ptr())
         return buffer
 
     def give(self, buffer: torch.Tensor) -> None:
         self._free.append(buffer)
 
     def trim(self, max_bytes: int) -> None:
-        """Keep the smallest buffers this step took, up to max_bytes in all, for the next step and free the
-        rest: what stays sits on top of the next forward pass's activation peak (with many targets, K x a
+        """Keep the smallest buffers this step took to keep (directions formed inside backward), up to
+        max_bytes in all, for the next step and free the rest: what stays sits on top of the next forward pass's activation peak (with many targets, K x a
         large parameter would), while a freed one costs page faults again when it is next taken. A buffer
         the step did not take is not kept: a clipped step (directions of whole weights after backward)
         would otherwise leave one (108 MiB with 16 targets at the benchmark size) under every later

@@ -117,3 +117,24 @@ def test_direction_pool_keeps_only_what_the_step_took():
     pool.give(big)
     pool.trim(big.numel() * big.element_size() - 1)  # over the cap: freed even though it was used
     assert pool._free == []
+
+
+def test_buffers_taken_after_backward_are_not_kept_for_the_next_step():
+    """Second order values every parameter after backward: its direction buffers (80 MB at the benchmark
+    size) kept across steps would sit under the next step's forward and backward, the memory peak."""
+    pool = engine_module._BufferPool()
+    during = pool.take(10, torch.float32)
+    after = pool.take(10, torch.float32, keep=False)
+    pool.give(during)
+    pool.give(after)
+    pool.trim(2**40)
+    assert [b.data_ptr() for b in pool._free] == [during.data_ptr()]
+
+    model = build_gpt2(0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    engine = AttributionEngine(model, optimizer, EngineConfig(order=2))
+    engine.set_targets(to_engine("gpt2", targets_for("gpt2", torch.Generator().manual_seed(99), k=1)))
+    with engine:
+        for seed in range(2):
+            engine.step([gpt2_batch(seed)])
+            assert engine._pool._free == []
