@@ -814,7 +814,8 @@ class AttributionEngine:
                     loss = self.task.target_losses(self.model, single)[0]
                     grads = list(torch.autograd.grad(loss, params, create_graph=True, allow_unused=True))
                     del loss
-                    edges, stand_ins, handles = _hand_over_when_reached(grads, half_step)
+                    edges, stand_ins, swaps = _hand_over_when_reached(grads, half_step)
+                    handles += swaps
                     if not edges:  # the targets' gradients do not depend on the weights: no products
                         continue
                     if j < k - 1:
@@ -960,9 +961,6 @@ class _Linearizations:
         self._params = {id(p): p for p in params if p.grad is not None}
         self._grads = {id(p): p.grad.detach() for p in params if p.grad is not None}
 
-    def __contains__(self, key: int) -> bool:
-        return key in self._params
-
     def grad(self, key: int) -> torch.Tensor:
         return self._grads[key]
 
@@ -1047,12 +1045,12 @@ class _BufferPool:
         self._free.append(buffer)
 
     def trim(self, max_bytes: int) -> None:
-        """Keep the smallest buffers this step took to keep (directions formed inside backward), up to
-        max_bytes in all, for the next step and free the rest: what stays sits on top of the next forward pass's activation peak (with many targets, K x a
-        large parameter would), while a freed one costs page faults again when it is next taken. A buffer
-        the step did not take is not kept: a clipped step (directions of whole weights after backward)
-        would otherwise leave one (108 MiB with 16 targets at the benchmark size) under every later
-        unclipped step, which forms its directions a few weight rows at a time."""
+        """Keep the smallest buffers this step took with keep=True (directions formed inside backward), up to
+        max_bytes in all, for the next step and free the rest: what stays sits on top of the next forward
+        pass's activation peak (with many targets, K x a large parameter would), while a freed one costs page
+        faults again when it is next taken. A buffer the step did not take that way is not kept: a clipped
+        step's whole-weight directions (108 MiB with 16 targets at the benchmark size) or second order's
+        directions, both formed after backward, would otherwise sit under every later step's peak."""
         used = [b for b in self._free if b.data_ptr() in self._taken]
         self._taken = set()
         kept, total = [], 0

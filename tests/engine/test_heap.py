@@ -98,10 +98,10 @@ def test_a_step_leaves_no_reference_cycles(optimizer, config, k, micro_batches):
 
 
 def test_direction_pool_keeps_only_what_the_step_took():
-    """Buffers for target directions stay across steps (page faults) only if the step used them: one
-    clipped step's whole-weight directions must not sit under every later step's forward pass."""
+    """Buffers for target directions stay across steps (page faults) only if the step used them: one step's
+    large directions must not sit under every later step's forward pass."""
     pool = engine_module._BufferPool()
-    small, large = pool.take(10, torch.float32), pool.take(20 * 2**20, torch.float32)  # the clipped step
+    small, large = pool.take(10, torch.float32), pool.take(20 * 2**20, torch.float32)  # one step takes both
     pool.give(small)
     pool.give(large)
     pool.trim(2**40)
