@@ -209,6 +209,9 @@ def main() -> None:
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     parser.add_argument("--memory-steps", type=int, default=10,
                         help="steps each peak-memory subprocess trains (its peak grows over many steps)")
+    parser.add_argument("--memory-repeats", type=int, default=1,
+                        help="fresh processes per configuration and allocator; the median peak is reported (a "
+                        "process's peak under glibc's default heap varies by ~100 MB from one process to the next)")
     parser.add_argument("--no-torch-func", action="store_true", help="skip the torch.func baseline")
     parser.add_argument("--no-thp", action="store_true",
                         help="run without transparent huge pages for torch's CPU tensors (THP_MEM_ALLOC_ENABLE)")
@@ -256,12 +259,21 @@ def main() -> None:
     spread = {mode: pair_ratio_quartiles(times[mode], times["plain"]) for mode in modes if mode != "plain"}
     routes = runners["first_order"].engine.routes if "first_order" in runners else {}
     routes16 = runners["targets16"].engine.routes if "targets16" in runners else {}
+    if args.memory_repeats < 1:
+        parser.error("--memory-repeats must be >= 1")
     memory, growth, live = {}, {}, {}
+    samples: dict[str, dict[str, list[float]]] = {"peak": {}, "live": {}}
     if not args.no_memory:
-        for mode in modes:
-            peak, base = peak_memory_mb(size_name, mode, args.optimizer, steps=args.memory_steps)
-            memory[mode], growth[mode] = peak, peak - base
-            live[mode] = peak_memory_mb(size_name, mode, args.optimizer, live=True, steps=args.memory_steps)[0]
+        for _ in range(args.memory_repeats):  # configurations alternate, so a slow spell hits each alike
+            for mode in modes:
+                peak, base = peak_memory_mb(size_name, mode, args.optimizer, steps=args.memory_steps)
+                samples["peak"].setdefault(mode, []).append(peak)
+                growth.setdefault(mode, []).append(peak - base)
+                samples["live"].setdefault(mode, []).append(
+                    peak_memory_mb(size_name, mode, args.optimizer, live=True, steps=args.memory_steps)[0])
+        memory = {mode: statistics.median(v) for mode, v in samples["peak"].items()}
+        live = {mode: statistics.median(v) for mode, v in samples["live"].items()}
+        growth = {mode: statistics.median(v) for mode, v in growth.items()}
 
     def mem_ratio(table: dict, mode: str):
         return round(table[mode] / table["plain"], 4) if mode in table else None
@@ -303,12 +315,15 @@ def main() -> None:
         "step_seconds": {k: round(v, 4) for k, v in median.items()},
         "peak_memory_mb": {k: round(v, 1) for k, v in memory.items()},
         "live_peak_memory_mb": {k: round(v, 1) for k, v in live.items()},
+        "peak_memory_samples_mb": {kind: {k: [round(x, 1) for x in v] for k, v in table.items()}
+                                   for kind, table in samples.items()},
         "routes_first_order": dict(routes),
         "optimizer": args.optimizer,
         "huge_pages": os.environ.get("THP_MEM_ALLOC_ENABLE") == "1",
         **memory_settings(),
         "sizes": dict(size, reps=reps, size=size_name, threads=torch.get_num_threads(),
-                      memory_steps=None if args.no_memory else args.memory_steps),
+                      memory_steps=None if args.no_memory else args.memory_steps,
+                      memory_repeats=None if args.no_memory else args.memory_repeats),
     }
     if args.json:
         print(json.dumps(result))
@@ -326,6 +341,9 @@ def main() -> None:
           {mode: q for mode, q in spread.items()})
     print("peak MB = process peak RSS (glibc defaults); live MB = the same with a fixed 1 MiB mmap threshold,")
     print("so freed memory is returned at once and the peak is live memory (plain and engine alike)")
+    if args.memory_repeats > 1 and not args.no_memory:
+        print(f"peaks: medians of {args.memory_repeats} fresh processes each; samples (MB):",
+              {kind: {k: [round(x) for x in v] for k, v in table.items()} for kind, table in samples.items()})
     print("step routes:", {mode: runners[mode].engine.last_route for mode in modes if runners[mode].engine})
     print("per-parameter routes (first order, 1 target):")
     for name, route in routes.items():

@@ -1,0 +1,34 @@
+"""Smoke test of bench/engine.py --quick: it runs, prints one JSON line with the fields issue 3 names, and the
+peak reported with --memory-repeats is the median of the per-process samples it lists."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "engine.py"
+
+
+def test_quick_json_reports_the_issue_fields_and_median_peaks():
+    out = subprocess.run(
+        [sys.executable, str(BENCH), "--quick", "--json", "--reps", "1", "--no-torch-func", "--modes",
+         "second_order", "--memory-steps", "2", "--memory-repeats", "2"],
+        capture_output=True, text=True, check=True, timeout=600,
+    )
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    for key in ("first_order_ratio", "second_order_ratio", "targets16_ratio", "peak_memory_ratio",
+                "torch_func_ratio", "sizes"):
+        assert key in result
+    assert result["second_order_ratio"] > 0
+    assert result["sizes"]["size"] == "quick" and result["sizes"]["memory_repeats"] == 2
+    samples = result["peak_memory_samples_mb"]
+    for kind, reported in (("peak", result["peak_memory_mb"]), ("live", result["live_peak_memory_mb"])):
+        assert set(samples[kind]) == {"plain", "second_order"}
+        for mode, values in samples[kind].items():
+            assert len(values) == 2 and all(v > 0 for v in values)
+            assert abs(reported[mode] - statistics.median(values)) <= 0.1  # both rounded to 0.1 MB
+    ratio = result["peak_memory_mb"]["second_order"] / result["peak_memory_mb"]["plain"]
+    assert abs(result["peak_memory_ratio_second_order"] - ratio) < 1e-3
