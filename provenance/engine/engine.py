@@ -73,6 +73,13 @@ class _Use:
     pname: str
 
 
+# Second order / Adam "current" steps that keep per-row blocks from backward: once this fraction of them is
+# kept (the last quarter is about the last layer's), the heap's free memory is returned (_keep_rows); not for
+# blocks under _TRIM_MIN_BYTES, where the peak is not theirs.
+_TRIM_AT_FRACTION = 0.75
+_TRIM_MIN_BYTES = 256 * 2**20
+
+
 @dataclass
 class _StepState:
     """What the backward hooks need during one step."""
@@ -87,6 +94,8 @@ class _StepState:
     directions: dict[int, torch.Tensor] = field(default_factory=dict)  # backward route: z per parameter
     cross: dict[tuple[int, str], torch.Tensor | None] = field(default_factory=dict)  # ghost: other uses' z
     stored: set[tuple[str, str]] = field(default_factory=set)  # (module, param) uses on the stored route
+    kept_bytes: int = 0  # per-row blocks kept from backward so far
+    trim_at_bytes: int | None = None  # return the heap's free memory once the kept blocks pass this (_keep_rows)
     row_grads: dict[tuple[str, str, int], list[torch.Tensor]] = field(default_factory=dict)  # per call
     buffers: dict[int, torch.Tensor] = field(default_factory=dict)  # pooled memory behind directions[id(p)]
     pending: dict[tuple[int, int], int] = field(default_factory=dict)  # (micro-batch, id(p)): calls left
@@ -268,9 +277,11 @@ class AttributionEngine:
             state.predict_unclipped = bool(k) and self._last_clip == 1.0
             if k:
                 state.split = self._split_params(late, len(micro_batches))
-            state.stored = self._stored_uses(
+            state.stored, stored_bytes = self._stored_uses(
                 [p for p in late if id(p) not in state.early and id(p) not in state.split], local_rows
             )
+            if k and stored_bytes >= _TRIM_MIN_BYTES:
+                state.trim_at_bytes = int(stored_bytes * _TRIM_AT_FRACTION)
         if pre:
             state.pre = pre
             state.values = torch.zeros(local_rows, k, dtype=dtype)
@@ -649,9 +660,9 @@ class AttributionEngine:
                 return contrib, "ghost"
         return use.rule.dot(use.module, use.pname, record.saved, record.grad, z, False, state.budget)
 
-    def _stored_uses(self, late: list[nn.Parameter], rows: int) -> set[tuple[str, str]]:
+    def _stored_uses(self, late: list[nn.Parameter], rows: int) -> tuple[set[tuple[str, str]], int]:
         """Uses of late parameters (valued after backward) whose per-row gradients are kept from backward,
-        within keep_rows_mb."""
+        within keep_rows_mb, and their bytes."""
         # Owned weights: their per-row blocks exist anyway. Others: only vectors (biases, norm scales), whose
         # per-row gradients are cheap; a matmul weight autograd forms would need a second matmul either way.
         uses = [
@@ -669,7 +680,7 @@ class AttributionEngine:
                 break
             chosen.add((use.module_name, use.pname))
             used += nbytes
-        return chosen
+        return chosen, used
 
     def _keep_rows(self, p: nn.Parameter, use: _Use, record: Record, state: _StepState) -> None:
         """Stored route: keep this call's per-row gradients (forming the batch gradient from them if owned)."""
@@ -687,6 +698,14 @@ class AttributionEngine:
             per_row = use.rule.grads(use.module, use.pname, record.saved, record.grad, state.value_dtype)
         calls.append(per_row)
         self.routes[f"{use.module_name}.{use.pname}"] = "stored"
+        state.kept_bytes += record.grad.shape[0] * p.numel() * p.element_size()
+        if state.trim_at_bytes is not None and state.kept_bytes >= state.trim_at_bytes:
+            # The step's memory peak is at the end of backward: the kept blocks (each its own mapping) on top of
+            # the activation memory backward has freed, which glibc keeps in its heap. Returned here, once, it is
+            # not under the last blocks (docs/engine.md, session 14: -150 MB at the benchmark size, no time cost
+            # resolved). Numbers are unchanged.
+            state.trim_at_bytes = None
+            release_free_heap()
 
     def _target_gradient(
         self,
