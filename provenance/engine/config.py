@@ -56,7 +56,9 @@ class EngineConfig:
         engine's transient memory (per-row blocks kept until backward ends, directions) otherwise stays
         under the next forward pass and sets the process's peak: with it, every benchmark configuration
         stayed under 1.3x plain training's peak RSS (docs/engine.md). Costs page faults on the next step
-        (measured: 8-12% longer steps); numbers are unchanged. Off by default.
+        (measured: 8-12% longer steps in session 9, more since); numbers are unchanged. Off by default.
+        Independently of it, a step that keeps 256 MB or more of per-row blocks past backward (second order)
+        returns the free heap memory once, late in backward, where its peak is (engine._keep_rows).
     """
 
     order: Literal[1, 2] = 1
