@@ -226,6 +226,8 @@ def main() -> None:
                         help="comma-separated configurations to time (plain is always timed), e.g. "
                         "first_order,first_order_clipped; default: all")
     args = parser.parse_args()
+    if args.memory_repeats < 1:  # checked before the timed steps, not after them
+        parser.error("--memory-repeats must be >= 1")
     if args.release_memory:
         os.environ[RELEASE_MEMORY_ENV] = "1"
     if args.keep_rows_mb is not None:
@@ -259,8 +261,6 @@ def main() -> None:
     spread = {mode: pair_ratio_quartiles(times[mode], times["plain"]) for mode in modes if mode != "plain"}
     routes = runners["first_order"].engine.routes if "first_order" in runners else {}
     routes16 = runners["targets16"].engine.routes if "targets16" in runners else {}
-    if args.memory_repeats < 1:
-        parser.error("--memory-repeats must be >= 1")
     memory, growth, live = {}, {}, {}
     samples: dict[str, dict[str, list[float]]] = {"peak": {}, "live": {}}
     if not args.no_memory:
