@@ -5,10 +5,14 @@
     python bench/engine.py --quick    # a small model, under a minute, for regression checks
     python bench/engine.py --json     # one JSON line
     python bench/engine.py --optimizer sgd [--weight-gradients per_row]   # SGD: ghost dots or per-row blocks
+    python bench/engine.py --time-repeats 3 --memory-repeats 3   # each measured in 3 fresh processes, medians
 
 Peak memory is measured per configuration in a fresh subprocess (VmHWM after --memory-steps steps, default
 10), because a process's peak cannot be reset between configurations; "step memory" subtracts the RSS after
-imports and model build, i.e. what training itself adds.
+imports and model build, i.e. what training itself adds. A process's plain step can run 20% faster or slower
+than the next process's with the same code (session 15, docs/engine.md), so one process's time ratios move by
+more than the bars' margins: --time-repeats N times every configuration in N fresh processes and reports the
+median of their ratios.
 """
 
 from __future__ import annotations
@@ -157,6 +161,12 @@ def memory_settings() -> dict:
             "keep_rows_mb": float(os.environ.get(KEEP_ROWS_ENV, EngineConfig.keep_rows_mb)),
             "weight_gradients": os.environ.get(WEIGHT_GRADIENTS_ENV, EngineConfig.weight_gradients)}
 
+def child_argv() -> list[str]:
+    """sys.argv for a measuring child process: --no-thp passed on (the import above would otherwise turn huge
+    pages on in the child whatever the parent measures)."""
+    return ["x"] if os.environ.get("THP_MEM_ALLOC_ENABLE") == "1" else ["x", "--no-thp"]
+
+
 LIVE_ALLOCATOR = {"MALLOC_MMAP_THRESHOLD_": str(2**20)}
 
 
@@ -175,13 +185,13 @@ def peak_memory_mb(
     process at once and the peak is that of live memory; with the default, dynamic threshold, freed heap
     memory stays mapped and the peak also counts how the allocator's heap fragments."""
     code = (
-        "import sys, resource; sys.argv=['x']; sys.path.insert(0, %r); import engine as b; "
+        "import sys, resource; sys.argv=%r; sys.path.insert(0, %r); import engine as b; "
         "r=b.Runner(b.SIZES[%r], %r, %r); "
         "hwm=lambda: int([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]); "
         "base=int(open('/proc/self/statm').read().split()[1])*resource.getpagesize()/1024; "
         "[r.step() for _ in range(%d)]; "
         "print(hwm(), base)"
-    ) % (os.path.dirname(os.path.abspath(__file__)), size_name, mode, optimizer, steps)
+    ) % (child_argv(), os.path.dirname(os.path.abspath(__file__)), size_name, mode, optimizer, steps)
     env = dict(os.environ, **LIVE_ALLOCATOR) if live else None
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
     peak_kb, base_kb = out.stdout.strip().splitlines()[-1].split()
@@ -199,11 +209,48 @@ def pair_ratio_quartiles(engine: list[float], plain: list[float]) -> list[float]
     return [round(q1, 4), round(q2, 4), round(q3, 4)]
 
 
+def timed_run(size_name: str, modes: list[str], optimizer: str, reps: int) -> dict:
+    """Every configuration in one process, one warm-up step each, then `reps` rounds in which each runs two
+    steps in a row; the order alternates, so a slow spell of the shared CPU hits every configuration alike.
+    The second step of a pair is the one timed for the ratios: in training a step follows a step of the same
+    training, and a step that follows another configuration's ran up to ~10-20% slower (its memory laid out
+    for the other model; session 15's probe, docs/engine.md). With one step per round, plain (first and last
+    in the alternating order) followed itself in half its steps and the engine configurations between never
+    did. The first steps are reported too (times_after_other)."""
+    runners = {mode: Runner(SIZES[size_name], mode, optimizer) for mode in modes}
+    for runner in runners.values():  # warm-up (allocations, Adam state)
+        runner.step()
+    times = {mode: [] for mode in modes}
+    times_after_other = {mode: [] for mode in modes}
+    for rep in range(reps):
+        for mode in (modes if rep % 2 == 0 else modes[::-1]):
+            times_after_other[mode].append(runners[mode].step())
+            times[mode].append(runners[mode].step())
+    return {
+        "times": times,
+        "times_after_other": times_after_other,
+        "routes": dict(runners["first_order"].engine.routes) if "first_order" in runners else {},
+        "routes16": dict(runners["targets16"].engine.routes) if "targets16" in runners else {},
+        "last_routes": {mode: r.engine.last_route for mode, r in runners.items() if r.engine is not None},
+    }
+
+
+def timed_run_in_child(size_name: str, modes: list[str], optimizer: str, reps: int) -> dict:
+    """timed_run in a fresh process (--time-repeats): one process's plain step has been seen 20% faster or
+    slower than the next's with the same code, which moves its ratios by more than the bars' margins."""
+    code = ("import sys, json; sys.argv=%r; sys.path.insert(0, %r); import engine as b; "
+            "print(json.dumps(b.timed_run(%r, %r, %r, %d)))") % (
+        child_argv(), os.path.dirname(os.path.abspath(__file__)), size_name, modes, optimizer, reps)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small model, under a minute")
     parser.add_argument("--json", action="store_true", help="print one JSON line")
-    parser.add_argument("--reps", type=int, default=None, help="timed steps per configuration")
+    parser.add_argument("--reps", type=int, default=None,
+                        help="rounds; each configuration runs two steps in a row per round, the second timed")
     parser.add_argument("--optimizer", choices=["adamw", "sgd"], default="adamw",
                         help="adamw also times the fast 'previous' Adam denominator")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
@@ -212,6 +259,10 @@ def main() -> None:
     parser.add_argument("--memory-repeats", type=int, default=1,
                         help="fresh processes per configuration and allocator; the median peak is reported (a "
                         "process's peak under glibc's default heap varies by ~100 MB from one process to the next)")
+    parser.add_argument("--time-repeats", type=int, default=1,
+                        help="fresh processes that each time every configuration (--reps rounds); the median of "
+                        "their ratios is reported, every process's in time_ratio_samples (a process's plain step "
+                        "can run 20%% faster or slower than the next process's)")
     parser.add_argument("--no-torch-func", action="store_true", help="skip the torch.func baseline")
     parser.add_argument("--no-thp", action="store_true",
                         help="run without transparent huge pages for torch's CPU tensors (THP_MEM_ALLOC_ENABLE)")
@@ -228,6 +279,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.memory_repeats < 1:  # checked before the timed steps, not after them
         parser.error("--memory-repeats must be >= 1")
+    if args.time_repeats < 1:
+        parser.error("--time-repeats must be >= 1")
     if args.release_memory:
         os.environ[RELEASE_MEMORY_ENV] = "1"
     if args.keep_rows_mb is not None:
@@ -249,18 +302,21 @@ def main() -> None:
             parser.error(f"--modes: unknown configuration(s) {unknown} for --optimizer {args.optimizer}; "
                          f"choose from {modes}")
         modes = ["plain"] + [m for m in modes if m in chosen and m != "plain"]
-    runners = {mode: Runner(size, mode, args.optimizer) for mode in modes}
-    for runner in runners.values():  # warm-up (allocations, Adam state)
-        runner.step()
-    times = {mode: [] for mode in modes}
-    for rep in range(reps):  # the order alternates: a step runs after a different configuration's each rep
-        for mode in (modes if rep % 2 == 0 else modes[::-1]):
-            times[mode].append(runners[mode].step())
+    if args.time_repeats == 1:
+        runs = [timed_run(size_name, modes, args.optimizer, reps)]
+    else:
+        runs = [timed_run_in_child(size_name, modes, args.optimizer, reps) for _ in range(args.time_repeats)]
+    times = {mode: [t for run in runs for t in run["times"][mode]] for mode in modes}
     median = {mode: statistics.median(t) for mode, t in times.items()}
-    ratio = {mode: median[mode] / median["plain"] for mode in modes}
+    # Each process's ratio of medians is the issue's measurement; with several processes, their median.
+    ratio_samples = {mode: [statistics.median(run["times"][mode]) / statistics.median(run["times"]["plain"])
+                            for run in runs] for mode in modes}
+    ratio = {mode: statistics.median(v) for mode, v in ratio_samples.items()}
     spread = {mode: pair_ratio_quartiles(times[mode], times["plain"]) for mode in modes if mode != "plain"}
-    routes = runners["first_order"].engine.routes if "first_order" in runners else {}
-    routes16 = runners["targets16"].engine.routes if "targets16" in runners else {}
+    after_other = {mode: [t for run in runs for t in run["times_after_other"][mode]] for mode in modes}
+    ratio_after_other = {mode: statistics.median(after_other[mode]) / statistics.median(after_other["plain"])
+                         for mode in modes if mode != "plain"}
+    routes, routes16, last_routes = runs[0]["routes"], runs[0]["routes16"], runs[0]["last_routes"]
     memory, growth, live = {}, {}, {}
     samples: dict[str, dict[str, list[float]]] = {"peak": {}, "live": {}}
     if not args.no_memory:
@@ -311,6 +367,9 @@ def main() -> None:
         "step_memory_ratio_targets16": growth_ratio("targets16"),
         "step_memory_ratio_second_order": growth_ratio("second_order"),
         "pair_ratio_quartiles": spread,
+        "time_ratios_after_other": {k: round(v, 4) for k, v in ratio_after_other.items()},
+        "step_seconds_after_other": {k: round(statistics.median(v), 4) for k, v in after_other.items()},
+        "time_ratio_samples": {k: [round(x, 4) for x in v] for k, v in ratio_samples.items() if k != "plain"},
         "plain_step_seconds": round(median["plain"], 4),
         "step_seconds": {k: round(v, 4) for k, v in median.items()},
         "peak_memory_mb": {k: round(v, 1) for k, v in memory.items()},
@@ -323,13 +382,15 @@ def main() -> None:
         **memory_settings(),
         "sizes": dict(size, reps=reps, size=size_name, threads=torch.get_num_threads(),
                       memory_steps=None if args.no_memory else args.memory_steps,
-                      memory_repeats=None if args.no_memory else args.memory_repeats),
+                      memory_repeats=None if args.no_memory else args.memory_repeats,
+                      time_repeats=args.time_repeats),
     }
     if args.json:
         print(json.dumps(result))
         return
     print(f"engine benchmark ({size_name}: {size}, optimizer {args.optimizer}, weight_gradients "
-          f"{memory_settings()['weight_gradients']}, {reps} interleaved reps, medians)")
+          f"{memory_settings()['weight_gradients']}, {reps} interleaved reps of two steps each, "
+          f"the second timed, medians)")
     print(f"{'configuration':<22}{'s/step':>10}{'x plain':>10}{'peak MB':>10}{'x plain':>9}{'live MB':>10}{'x plain':>9}")
     for mode in modes:
         print(
@@ -339,12 +400,18 @@ def main() -> None:
         )
     print("per-rep ratio quartiles (engine step / plain step of the same rep):",
           {mode: q for mode, q in spread.items()})
+    print("x plain of the first steps of the pairs (after another configuration's step):",
+          {k: round(v, 3) for k, v in ratio_after_other.items()})
     print("peak MB = process peak RSS (glibc defaults); live MB = the same with a fixed 1 MiB mmap threshold,")
     print("so freed memory is returned at once and the peak is live memory (plain and engine alike)")
     if args.memory_repeats > 1 and not args.no_memory:
         print(f"peaks: medians of {args.memory_repeats} fresh processes each; samples (MB):",
               {kind: {k: [round(x) for x in v] for k, v in table.items()} for kind, table in samples.items()})
-    print("step routes:", {mode: runners[mode].engine.last_route for mode in modes if runners[mode].engine})
+    if args.time_repeats > 1:
+        print(f"x plain (time): median of {args.time_repeats} fresh processes' ratios (s/step: median of all their "
+              "steps); each process's:",
+              {k: [round(x, 3) for x in v] for k, v in ratio_samples.items() if k != "plain"})
+    print("step routes:", last_routes)
     print("per-parameter routes (first order, 1 target):")
     for name, route in routes.items():
         print(f"  {name:<45} {route:<8} (16 targets: {routes16.get(name)})")

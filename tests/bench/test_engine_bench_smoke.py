@@ -1,5 +1,6 @@
 """Smoke test of bench/engine.py --quick: it runs, prints one JSON line with the fields issue 3 names, and the
-peak reported with --memory-repeats is the median of the per-process samples it lists."""
+peak reported with --memory-repeats, and the time ratio reported with --time-repeats, are the medians of the
+per-process samples it lists."""
 
 from __future__ import annotations
 
@@ -32,3 +33,25 @@ def test_quick_json_reports_the_issue_fields_and_median_peaks():
             assert abs(reported[mode] - statistics.median(values)) <= 0.1  # both rounded to 0.1 MB
     ratio = result["peak_memory_mb"]["second_order"] / result["peak_memory_mb"]["plain"]
     assert abs(result["peak_memory_ratio_second_order"] - ratio) < 1e-3
+
+
+def test_time_repeats_report_the_median_of_per_process_ratios():
+    out = subprocess.run(
+        [sys.executable, str(BENCH), "--quick", "--json", "--reps", "2", "--no-torch-func", "--no-memory",
+         "--modes", "first_order", "--time-repeats", "3"],
+        capture_output=True, text=True, check=True, timeout=600,
+    )
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    samples = result["time_ratio_samples"]
+    assert set(samples) == {"first_order"} and len(samples["first_order"]) == 3
+    assert all(r > 0 for r in samples["first_order"])
+    assert abs(result["first_order_ratio"] - statistics.median(samples["first_order"])) <= 1e-4  # both rounded
+    assert result["sizes"]["time_repeats"] == 3
+    assert result["routes_first_order"]  # the children's routes reach the report
+    assert result["time_ratios_after_other"]["first_order"] > 0  # the untimed-for-ratio first steps, reported
+
+
+def test_time_repeats_below_one_is_rejected_before_any_step():
+    out = subprocess.run([sys.executable, str(BENCH), "--quick", "--time-repeats", "0"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "--time-repeats must be >= 1" in out.stderr
