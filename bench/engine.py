@@ -213,10 +213,11 @@ def timed_run(size_name: str, modes: list[str], optimizer: str, reps: int) -> di
     """Every configuration in one process, one warm-up step each, then `reps` rounds in which each runs two
     steps in a row; the order alternates, so a slow spell of the shared CPU hits every configuration alike.
     The second step of a pair is the one timed for the ratios: in training a step follows a step of the same
-    training, and a step that follows another configuration's ran up to ~10-20% slower (its memory laid out
-    for the other model; session 15's probe, docs/engine.md). With one step per round, plain (first and last
-    in the alternating order) followed itself in half its steps and the engine configurations between never
-    did. The first steps are reported too (times_after_other)."""
+    training, and every configuration is measured alike (with one step per round, plain, first and last in the
+    alternating order, followed itself in half its steps and the configurations between never did). Whether
+    that moves the ratios was not resolved in session 15 (docs/engine.md: a 5-round probe said the engine's
+    steps ran faster after their own, two 8-round processes said first order's did not); the first steps'
+    ratios are reported too (time_ratios_after_other)."""
     runners = {mode: Runner(SIZES[size_name], mode, optimizer) for mode in modes}
     for runner in runners.values():  # warm-up (allocations, Adam state)
         runner.step()
