@@ -161,10 +161,17 @@ def memory_settings() -> dict:
             "keep_rows_mb": float(os.environ.get(KEEP_ROWS_ENV, EngineConfig.keep_rows_mb)),
             "weight_gradients": os.environ.get(WEIGHT_GRADIENTS_ENV, EngineConfig.weight_gradients)}
 
-def child_argv() -> list[str]:
-    """sys.argv for a measuring child process: --no-thp passed on (the import above would otherwise turn huge
-    pages on in the child whatever the parent measures)."""
-    return ["x"] if os.environ.get("THP_MEM_ALLOC_ENABLE") == "1" else ["x", "--no-thp"]
+
+def run_child(code: str, env: dict | None = None) -> str:
+    """Run `code` in a fresh Python process with this module imported as `b`; its last line of output. The
+    child's sys.argv passes --no-thp on (the import above would otherwise turn huge pages on in the child
+    whatever the parent measures)."""
+    argv = ["x"] if os.environ.get("THP_MEM_ALLOC_ENABLE") == "1" else ["x", "--no-thp"]
+    preamble = "import sys; sys.argv=%r; sys.path.insert(0, %r); import engine as b; " % (
+        argv, os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", preamble + code], capture_output=True, text=True, check=True,
+                         env=env)
+    return out.stdout.strip().splitlines()[-1]
 
 
 LIVE_ALLOCATOR = {"MALLOC_MMAP_THRESHOLD_": str(2**20)}
@@ -185,16 +192,14 @@ def peak_memory_mb(
     process at once and the peak is that of live memory; with the default, dynamic threshold, freed heap
     memory stays mapped and the peak also counts how the allocator's heap fragments."""
     code = (
-        "import sys, resource; sys.argv=%r; sys.path.insert(0, %r); import engine as b; "
+        "import resource; "
         "r=b.Runner(b.SIZES[%r], %r, %r); "
         "hwm=lambda: int([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]); "
         "base=int(open('/proc/self/statm').read().split()[1])*resource.getpagesize()/1024; "
         "[r.step() for _ in range(%d)]; "
         "print(hwm(), base)"
-    ) % (child_argv(), os.path.dirname(os.path.abspath(__file__)), size_name, mode, optimizer, steps)
-    env = dict(os.environ, **LIVE_ALLOCATOR) if live else None
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
-    peak_kb, base_kb = out.stdout.strip().splitlines()[-1].split()
+    ) % (size_name, mode, optimizer, steps)
+    peak_kb, base_kb = run_child(code, env=dict(os.environ, **LIVE_ALLOCATOR) if live else None).split()
     return int(peak_kb) / 1024.0, float(base_kb) / 1024.0
 
 
@@ -239,11 +244,15 @@ def timed_run(size_name: str, modes: list[str], optimizer: str, reps: int) -> di
 def timed_run_in_child(size_name: str, modes: list[str], optimizer: str, reps: int) -> dict:
     """timed_run in a fresh process (--time-repeats): one process's plain step has been seen 20% faster or
     slower than the next's with the same code, which moves its ratios by more than the bars' margins."""
-    code = ("import sys, json; sys.argv=%r; sys.path.insert(0, %r); import engine as b; "
-            "print(json.dumps(b.timed_run(%r, %r, %r, %d)))") % (
-        child_argv(), os.path.dirname(os.path.abspath(__file__)), size_name, modes, optimizer, reps)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    code = "import json; print(json.dumps(b.timed_run(%r, %r, %r, %d)))" % (size_name, modes, optimizer, reps)
+    return json.loads(run_child(code))
+
+
+def process_ratios(runs: list[dict], key: str, modes: list[str]) -> dict[str, list[float]]:
+    """Each process's ratio of medians (a configuration's steps over plain's, run[key]): the issue's measurement;
+    with --time-repeats, the report gives their median."""
+    return {mode: [statistics.median(run[key][mode]) / statistics.median(run[key]["plain"]) for run in runs]
+            for mode in modes}
 
 
 def main() -> None:
@@ -308,15 +317,13 @@ def main() -> None:
     else:
         runs = [timed_run_in_child(size_name, modes, args.optimizer, reps) for _ in range(args.time_repeats)]
     times = {mode: [t for run in runs for t in run["times"][mode]] for mode in modes}
-    median = {mode: statistics.median(t) for mode, t in times.items()}
-    # Each process's ratio of medians is the issue's measurement; with several processes, their median.
-    ratio_samples = {mode: [statistics.median(run["times"][mode]) / statistics.median(run["times"]["plain"])
-                            for run in runs] for mode in modes}
-    ratio = {mode: statistics.median(v) for mode, v in ratio_samples.items()}
-    spread = {mode: pair_ratio_quartiles(times[mode], times["plain"]) for mode in modes if mode != "plain"}
     after_other = {mode: [t for run in runs for t in run["times_after_other"][mode]] for mode in modes}
-    ratio_after_other = {mode: statistics.median(after_other[mode]) / statistics.median(after_other["plain"])
-                         for mode in modes if mode != "plain"}
+    median = {mode: statistics.median(t) for mode, t in times.items()}
+    ratio_samples = process_ratios(runs, "times", modes)
+    ratio = {mode: statistics.median(v) for mode, v in ratio_samples.items()}
+    ratio_after_other = {mode: statistics.median(v) for mode, v in
+                         process_ratios(runs, "times_after_other", modes).items() if mode != "plain"}
+    spread = {mode: pair_ratio_quartiles(times[mode], times["plain"]) for mode in modes if mode != "plain"}
     routes, routes16, last_routes = runs[0]["routes"], runs[0]["routes16"], runs[0]["last_routes"]
     memory, growth, live = {}, {}, {}
     samples: dict[str, dict[str, list[float]]] = {"peak": {}, "live": {}}
