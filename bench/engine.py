@@ -7,6 +7,9 @@
     python bench/engine.py --optimizer sgd [--weight-gradients per_row]   # SGD: ghost dots or per-row blocks
     python bench/engine.py --time-repeats 3 --memory-repeats 3   # each measured in 3 fresh processes, medians
 
+Time: each configuration's ratio is its engine steps over plain steps of the same model and optimizer, taken
+alternately in the same process (timed_run): two plain models in one process were not equally fast (session 16).
+
 Peak memory is measured per configuration in a fresh subprocess (VmHWM after --memory-steps steps, default
 10), because a process's peak cannot be reset between configurations; "step memory" subtracts the RSS after
 imports and model build, i.e. what training itself adds. A process's plain step can run 20% faster or slower
@@ -109,6 +112,22 @@ class Runner:
         else:
             plain_step(self.model, self.opt, batch)
         return time.perf_counter() - start
+
+    def plain_step(self) -> float:
+        """A plain training step of this configuration's own model and optimizer: its time baseline. The engine's
+        hooks (inert outside its steps) are detached for it, so plain training runs exactly as without one."""
+        batch = make_batch(self.size["batch"], self.size["seq"], self.size["vocab"], self.step_index)
+        self.step_index += 1
+        capturer = self.engine._capturer if self.engine is not None else None
+        if capturer is not None:
+            capturer.detach()
+        try:
+            start = time.perf_counter()
+            plain_step(self.model, self.opt, batch)
+            return time.perf_counter() - start
+        finally:
+            if capturer is not None:
+                capturer.attach()
 
 
 def plain_step(model, opt, batch):
@@ -215,26 +234,37 @@ def pair_ratio_quartiles(engine: list[float], plain: list[float]) -> list[float]
 
 
 def timed_run(size_name: str, modes: list[str], optimizer: str, reps: int) -> dict:
-    """Every configuration in one process, one warm-up step each, then `reps` rounds in which each runs two
-    steps in a row; the order alternates, so a slow spell of the shared CPU hits every configuration alike.
-    The second step of a pair is the one timed for the ratios: in training a step follows a step of the same
-    training, and every configuration is measured alike (with one step per round, plain, first and last in the
-    alternating order, followed itself in half its steps and the configurations between never did). Whether
-    that moves the ratios was not resolved in session 15 (docs/engine.md: a 5-round probe said the engine's
-    steps ran faster after their own, two 8-round processes said first order's did not); the first steps'
-    ratios are reported too (time_ratios_after_other)."""
-    runners = {mode: Runner(SIZES[size_name], mode, optimizer) for mode in modes}
+    """Every configuration's plain baseline is plain training of that configuration's own model and optimizer, in
+    the same process: plain steps and engine steps alternate on the same tensors (the engine's hooks detached for
+    the plain ones). Two plain models of one process were not equally fast (session 16: the model built second
+    ran 1.05-1.13x the first's step time in three of three processes), and the engine's models were always
+    built after plain's, so a separate plain model can move a ratio by as much as the bars' margins.
+
+    One warm-up step of each kind per configuration, then `reps` rounds; in each, every configuration runs two
+    plain steps in a row and two engine steps in a row (which kind first alternates by round, and so does the
+    order of the configurations, so a slow spell of the shared CPU hits them alike). The second step of a pair
+    is the one timed for the ratios: in training a step follows a step of the same training; the first steps'
+    ratios are reported too (times_after_other)."""
+    configurations = [mode for mode in modes if mode != "plain"]
+    runners = {mode: Runner(SIZES[size_name], mode, optimizer) for mode in configurations}
     for runner in runners.values():  # warm-up (allocations, Adam state)
         runner.step()
-    times = {mode: [] for mode in modes}
-    times_after_other = {mode: [] for mode in modes}
+        runner.plain_step()
+    times, plain_times = {mode: [] for mode in configurations}, {mode: [] for mode in configurations}
+    times_after_other = {mode: [] for mode in configurations}
+    plain_after_other = {mode: [] for mode in configurations}
     for rep in range(reps):
-        for mode in (modes if rep % 2 == 0 else modes[::-1]):
-            times_after_other[mode].append(runners[mode].step())
-            times[mode].append(runners[mode].step())
+        for mode in (configurations if rep % 2 == 0 else configurations[::-1]):
+            runner = runners[mode]
+            kinds = [(runner.plain_step, plain_after_other, plain_times), (runner.step, times_after_other, times)]
+            for step, first, second in (kinds if rep % 2 == 0 else kinds[::-1]):
+                first[mode].append(step())
+                second[mode].append(step())
     return {
         "times": times,
+        "plain_times": plain_times,
         "times_after_other": times_after_other,
+        "plain_times_after_other": plain_after_other,
         "routes": dict(runners["first_order"].engine.routes) if "first_order" in runners else {},
         "routes16": dict(runners["targets16"].engine.routes) if "targets16" in runners else {},
         "last_routes": {mode: r.engine.last_route for mode, r in runners.items() if r.engine is not None},
@@ -248,11 +278,11 @@ def timed_run_in_child(size_name: str, modes: list[str], optimizer: str, reps: i
     return json.loads(run_child(code))
 
 
-def process_ratios(runs: list[dict], key: str, modes: list[str]) -> dict[str, list[float]]:
-    """Each process's ratio of medians (a configuration's steps over plain's, run[key]): the issue's measurement;
-    with --time-repeats, the report gives their median."""
-    return {mode: [statistics.median(run[key][mode]) / statistics.median(run[key]["plain"]) for run in runs]
-            for mode in modes}
+def process_ratios(runs: list[dict], key: str, plain_key: str) -> dict[str, list[float]]:
+    """Each process's ratio of medians (a configuration's steps, run[key], over the plain steps of its own model,
+    run[plain_key]): the issue's measurement; with --time-repeats, the report gives their median."""
+    return {mode: [statistics.median(run[key][mode]) / statistics.median(run[plain_key][mode]) for run in runs]
+            for mode in runs[0][key]}
 
 
 def main() -> None:
@@ -312,18 +342,27 @@ def main() -> None:
             parser.error(f"--modes: unknown configuration(s) {unknown} for --optimizer {args.optimizer}; "
                          f"choose from {modes}")
         modes = ["plain"] + [m for m in modes if m in chosen and m != "plain"]
+        if len(modes) == 1:
+            parser.error("--modes: choose at least one configuration besides plain (each configuration's plain "
+                         "baseline is timed with it)")
     if args.time_repeats == 1:
         runs = [timed_run(size_name, modes, args.optimizer, reps)]
     else:
         runs = [timed_run_in_child(size_name, modes, args.optimizer, reps) for _ in range(args.time_repeats)]
-    times = {mode: [t for run in runs for t in run["times"][mode]] for mode in modes}
-    after_other = {mode: [t for run in runs for t in run["times_after_other"][mode]] for mode in modes}
+    configurations = [mode for mode in modes if mode != "plain"]
+    times = {mode: [t for run in runs for t in run["times"][mode]] for mode in configurations}
+    plain_times = {mode: [t for run in runs for t in run["plain_times"][mode]] for mode in configurations}
+    times["plain"] = [t for mode in configurations for t in plain_times[mode]]  # every model's plain steps
+    after_other = {mode: [t for run in runs for t in run["times_after_other"][mode]] for mode in configurations}
+    after_other["plain"] = [t for run in runs for v in run["plain_times_after_other"].values() for t in v]
     median = {mode: statistics.median(t) for mode, t in times.items()}
-    ratio_samples = process_ratios(runs, "times", modes)
+    ratio_samples = process_ratios(runs, "times", "plain_times")
     ratio = {mode: statistics.median(v) for mode, v in ratio_samples.items()}
+    ratio["plain"] = 1.0
     ratio_after_other = {mode: statistics.median(v) for mode, v in
-                         process_ratios(runs, "times_after_other", modes).items() if mode != "plain"}
-    spread = {mode: pair_ratio_quartiles(times[mode], times["plain"]) for mode in modes if mode != "plain"}
+                         process_ratios(runs, "times_after_other", "plain_times_after_other").items()}
+    spread = {mode: pair_ratio_quartiles(times[mode], plain_times[mode]) for mode in configurations}
+    plain_by_configuration = {mode: round(statistics.median(v), 4) for mode, v in plain_times.items()}
     routes, routes16, last_routes = runs[0]["routes"], runs[0]["routes16"], runs[0]["last_routes"]
     memory, growth, live = {}, {}, {}
     samples: dict[str, dict[str, list[float]]] = {"peak": {}, "live": {}}
@@ -379,6 +418,7 @@ def main() -> None:
         "step_seconds_after_other": {k: round(statistics.median(v), 4) for k, v in after_other.items()},
         "time_ratio_samples": {k: [round(x, 4) for x in v] for k, v in ratio_samples.items() if k != "plain"},
         "plain_step_seconds": round(median["plain"], 4),
+        "plain_step_seconds_by_configuration": plain_by_configuration,
         "step_seconds": {k: round(v, 4) for k, v in median.items()},
         "peak_memory_mb": {k: round(v, 1) for k, v in memory.items()},
         "live_peak_memory_mb": {k: round(v, 1) for k, v in live.items()},
@@ -397,8 +437,8 @@ def main() -> None:
         print(json.dumps(result))
         return
     print(f"engine benchmark ({size_name}: {size}, optimizer {args.optimizer}, weight_gradients "
-          f"{memory_settings()['weight_gradients']}, {reps} interleaved reps of two steps each, "
-          f"the second timed, medians)")
+          f"{memory_settings()['weight_gradients']}, {reps} rounds of two plain and two engine steps on each "
+          f"configuration's own model, the second of each pair timed, medians; plain row: all models' plain steps)")
     print(f"{'configuration':<22}{'s/step':>10}{'x plain':>10}{'peak MB':>10}{'x plain':>9}{'live MB':>10}{'x plain':>9}")
     for mode in modes:
         print(
@@ -406,7 +446,7 @@ def main() -> None:
             f"{memory.get(mode, float('nan')):>10.0f}{(mem_ratio(memory, mode) or float('nan')):>9.3f}"
             f"{live.get(mode, float('nan')):>10.0f}{(mem_ratio(live, mode) or float('nan')):>9.3f}"
         )
-    print("per-rep ratio quartiles (engine step / plain step of the same rep):",
+    print("per-rep ratio quartiles (engine step / plain step of the same model and rep):",
           {mode: q for mode, q in spread.items()})
     print("x plain of the first steps of the pairs (after another configuration's step):",
           {k: round(v, 3) for k, v in ratio_after_other.items()})
