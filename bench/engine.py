@@ -2,7 +2,7 @@
 
     python bench/engine.py            # the issue's size: GPT-2, 4 layers, d=768, 12 heads, vocab 8192,
                                       # seq 256, batch 16, 64-token targets (several minutes on 2 cores)
-    python bench/engine.py --quick    # a small model, under a minute, for regression checks
+    python bench/engine.py --quick    # a small model, the issue's configurations, under a minute
     python bench/engine.py --json     # one JSON line
     python bench/engine.py --optimizer sgd [--weight-gradients per_row]   # SGD: ghost dots or per-row blocks
     python bench/engine.py --time-repeats 3 --memory-repeats 3   # each measured in 3 fresh processes, medians
@@ -304,6 +304,9 @@ def main() -> None:
                         "their ratios is reported, every process's in time_ratio_samples (a process's plain step "
                         "can run 20%% faster or slower than the next process's)")
     parser.add_argument("--no-torch-func", action="store_true", help="skip the torch.func baseline")
+    parser.add_argument("--live-memory", action=argparse.BooleanOptionalAction, default=None,
+                        help="also measure each peak with glibc's mmap threshold fixed at 1 MiB (live memory; "
+                        "default: yes, except with --quick, which stays under a minute)")
     parser.add_argument("--no-thp", action="store_true",
                         help="run without transparent huge pages for torch's CPU tensors (THP_MEM_ALLOC_ENABLE)")
     parser.add_argument("--release-memory", action="store_true",
@@ -335,6 +338,7 @@ def main() -> None:
         modes += ["first_order_previous", "second_order_previous", "targets16_previous", "first_order_clipped"]
     modes += ["no_targets"]  # what forming the batch gradient the engine's way costs, with nothing valued
     modes += [] if args.no_torch_func else ["torch_func"]
+    issue_modes = [m for m in modes if m in ("plain", "first_order", "second_order", "targets16", "torch_func")]
     if args.modes:
         chosen = [m.strip() for m in args.modes.split(",") if m.strip()]
         unknown = sorted(set(chosen) - set(modes))
@@ -345,6 +349,9 @@ def main() -> None:
         if len(modes) == 1:
             parser.error("--modes: choose at least one configuration besides plain (each configuration's plain "
                          "baseline is timed with it)")
+    elif args.quick:  # under a minute: the issue's configurations (the others with --modes)
+        modes = issue_modes
+    measure_live = args.live_memory if args.live_memory is not None else not args.quick
     if args.time_repeats == 1:
         runs = [timed_run(size_name, modes, args.optimizer, reps)]
     else:
@@ -372,8 +379,9 @@ def main() -> None:
                 peak, base = peak_memory_mb(size_name, mode, args.optimizer, steps=args.memory_steps)
                 samples["peak"].setdefault(mode, []).append(peak)
                 growth.setdefault(mode, []).append(peak - base)
-                samples["live"].setdefault(mode, []).append(
-                    peak_memory_mb(size_name, mode, args.optimizer, live=True, steps=args.memory_steps)[0])
+                if measure_live:
+                    samples["live"].setdefault(mode, []).append(
+                        peak_memory_mb(size_name, mode, args.optimizer, live=True, steps=args.memory_steps)[0])
         memory = {mode: statistics.median(v) for mode, v in samples["peak"].items()}
         live = {mode: statistics.median(v) for mode, v in samples["live"].items()}
         growth = {mode: statistics.median(v) for mode, v in growth.items()}

@@ -16,7 +16,7 @@ BENCH = Path(__file__).resolve().parents[2] / "bench" / "engine.py"
 def test_quick_json_reports_the_issue_fields_and_median_peaks():
     out = subprocess.run(
         [sys.executable, str(BENCH), "--quick", "--json", "--reps", "1", "--no-torch-func", "--modes",
-         "second_order", "--memory-steps", "2", "--memory-repeats", "2"],
+         "second_order", "--memory-steps", "2", "--memory-repeats", "2", "--live-memory"],
         capture_output=True, text=True, check=True, timeout=600,
     )
     result = json.loads(out.stdout.strip().splitlines()[-1])
@@ -49,6 +49,17 @@ def test_time_repeats_report_the_median_of_per_process_ratios():
     assert result["sizes"]["time_repeats"] == 3
     assert result["routes_first_order"]  # the children's routes reach the report
     assert result["time_ratios_after_other"]["first_order"] > 0  # the untimed-for-ratio first steps, reported
+
+
+def test_quick_defaults_to_the_issue_configurations_under_a_minute():
+    """--quick alone: the issue's configurations (plain, first and second order, 16 targets, torch.func), their
+    peaks without the live-allocator diagnostic (bar 3: under a minute on the CI machine; ~40 s here)."""
+    out = subprocess.run([sys.executable, str(BENCH), "--quick", "--json"], capture_output=True, text=True,
+                         check=True, timeout=600)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert set(result["step_seconds"]) == {"plain", "first_order", "second_order", "targets16", "torch_func"}
+    assert set(result["peak_memory_mb"]) == set(result["step_seconds"]) and result["live_peak_memory_mb"] == {}
+    assert result["torch_func_ratio"] > 0 and result["peak_memory_ratio"] > 0
 
 
 def test_time_repeats_below_one_is_rejected_before_any_step():
