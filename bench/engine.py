@@ -101,9 +101,13 @@ class Runner:
         self.engine = AttributionEngine(self.model, self.opt, config)
         self.engine.set_targets(make_batch(k, size["target_tokens"], size["vocab"], 999, prompt=8))
 
-    def step(self) -> float:
-        batch = make_batch(self.size["batch"], self.size["seq"], self.size["vocab"], self.step_index)
+    def next_batch(self) -> LMBatch:
+        """The next training batch of this configuration's run (plain and engine steps draw from one sequence)."""
         self.step_index += 1
+        return make_batch(self.size["batch"], self.size["seq"], self.size["vocab"], self.step_index - 1)
+
+    def step(self) -> float:
+        batch = self.next_batch()
         start = time.perf_counter()
         if self.engine is not None:
             self.engine.last_route = self.engine.step([batch]).route
@@ -116,8 +120,7 @@ class Runner:
     def plain_step(self) -> float:
         """A plain training step of this configuration's own model and optimizer: its time baseline. The engine's
         hooks (inert outside its steps) are detached for it, so plain training runs exactly as without one."""
-        batch = make_batch(self.size["batch"], self.size["seq"], self.size["vocab"], self.step_index)
-        self.step_index += 1
+        batch = self.next_batch()
         capturer = self.engine._capturer if self.engine is not None else None
         if capturer is not None:
             capturer.detach()
@@ -290,7 +293,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small model, under a minute")
     parser.add_argument("--json", action="store_true", help="print one JSON line")
     parser.add_argument("--reps", type=int, default=None,
-                        help="rounds; each configuration runs two steps in a row per round, the second timed")
+                        help="rounds; in each, every configuration runs two plain and two engine steps on its own "
+                        "model, the second of each pair timed")
     parser.add_argument("--optimizer", choices=["adamw", "sgd"], default="adamw",
                         help="adamw also times the fast 'previous' Adam denominator")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
@@ -424,7 +428,7 @@ def main() -> None:
         "pair_ratio_quartiles": spread,
         "time_ratios_after_other": {k: round(v, 4) for k, v in ratio_after_other.items()},
         "step_seconds_after_other": {k: round(statistics.median(v), 4) for k, v in after_other.items()},
-        "time_ratio_samples": {k: [round(x, 4) for x in v] for k, v in ratio_samples.items() if k != "plain"},
+        "time_ratio_samples": {k: [round(x, 4) for x in v] for k, v in ratio_samples.items()},
         "plain_step_seconds": round(median["plain"], 4),
         "plain_step_seconds_by_configuration": plain_by_configuration,
         "step_seconds": {k: round(v, 4) for k, v in median.items()},
@@ -456,7 +460,7 @@ def main() -> None:
         )
     print("per-rep ratio quartiles (engine step / plain step of the same model and rep):",
           {mode: q for mode, q in spread.items()})
-    print("x plain of the first steps of the pairs (after another configuration's step):",
+    print("x plain of the first steps of the pairs (after the other kind's steps on the same model):",
           {k: round(v, 3) for k, v in ratio_after_other.items()})
     print("peak MB = process peak RSS (glibc defaults); live MB = the same with a fixed 1 MiB mmap threshold,")
     print("so freed memory is returned at once and the peak is live memory (plain and engine alike)")
@@ -466,7 +470,7 @@ def main() -> None:
     if args.time_repeats > 1:
         print(f"x plain (time): median of {args.time_repeats} fresh processes' ratios (s/step: median of all their "
               "steps); each process's:",
-              {k: [round(x, 3) for x in v] for k, v in ratio_samples.items() if k != "plain"})
+              {k: [round(x, 3) for x in v] for k, v in ratio_samples.items()})
     print("step routes:", last_routes)
     print("per-parameter routes (first order, 1 target):")
     for name, route in routes.items():

@@ -19,7 +19,7 @@ def test_quick_json_lists_every_piece_and_sums_them():
     assert set(pieces) == {"weight_grad_mm", "blocks_bmm", "sum_rows", "target_grads", "directions", "dots"}
     assert all(seconds > 0 for seconds in pieces.values())
     assert result["sizes"]["targets"] == 2 and result["sizes"]["size"] == "quick"
-    # quick model: 2 layers x 4 Conv1D weights (3 shapes: c_attn, attn/mlp c_proj both ways, c_fc) + the tied head
+    # quick model: 2 layers x 4 Conv1D weights (c_attn, attn.c_proj, c_fc, mlp.c_proj) + the tied head
     assert sum(entry["weights"] for entry in result["per_shape_seconds"].values()) == 2 * 4 + 1
     expected = (pieces["blocks_bmm"] + pieces["sum_rows"] - pieces["weight_grad_mm"] + pieces["target_grads"]
                 + pieces["directions"] + pieces["dots"])
